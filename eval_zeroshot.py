@@ -1,0 +1,267 @@
+"""Zero-shot evaluation of a registry model or checkpoint on EK100 MIR, EK100 CLS and EgoSchema.
+
+    python eval_zeroshot.py --resume clip_timesformer_vanilla_base_ego4d4m_bs512_f4.pt \\
+        --mir-root videos/epic --mir-metadata EPIC_100_retrieval_test.csv --output-dir out/
+
+The checkpoint may be a local path, a URL or a zoo name (``lavila.zoo``); without one, ``--model`` builds a randomly
+initialised registry model (``--model-overrides`` for tiny test sizes). Frame count, crop size, normalisation and the
+tokenizer's context length come from the checkpoint's stored config unless given as flags. A task runs when its
+metadata flag is given (or pick them with ``--tasks``). Runs the same under ``torchrun`` (each rank encodes a shard;
+identical numbers). Prints a table, writes ``<output-dir>/zeroshot_metrics.json``, EgoSchema predictions in the
+official submission format, and with ``--save-similarity`` the MIR similarity matrix (``mir_similarity.npy``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lavila.config import parse_args
+from lavila.utils import distributed as du
+
+TASKS = ("mir", "cls", "egoschema")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    m = p.add_argument_group("model")
+    m.add_argument("--resume", "--checkpoint", dest="resume", default="",
+                   help="checkpoint: local path, URL or zoo name (see docs/MODEL_ZOO.md)")
+    m.add_argument("--model", default=None, help="registry name (default: the checkpoint's)")
+    m.add_argument("--model-overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="named-config overrides for a model built without a checkpoint, e.g. depth=1 embed_dim=32")
+    m.add_argument("--trust-checkpoint", action="store_true", help="full unpickling (trusted files only)")
+    m.add_argument("--clip-length", type=int, default=None, help="frames per clip (default: the checkpoint's)")
+    m.add_argument("--input-size", type=int, default=None, help="crop size (default: the model's image size)")
+    m.add_argument("--norm-style", default=None, choices=["openai", "timm"], help="default: the checkpoint's/openai")
+    m.add_argument("--context-length", type=int, default=None, help="default: the model's")
+    t = p.add_argument_group("tasks")
+    t.add_argument("--tasks", nargs="+", choices=TASKS, default=None, help="default: every task with metadata")
+    t.add_argument("--mir-root", default=None, help="EK100 chunked video folder")
+    t.add_argument("--mir-metadata", default=None, help="EPIC_100_retrieval_test.csv")
+    t.add_argument("--mir-sentences", default=None, help="default: <metadata stem>_sentence.csv beside it")
+    t.add_argument("--relevancy-path", default=None,
+                   help="relevancy pickle (default: <csv dir>/relevancy/caption_relevancy_<stem>.pkl, else rebuilt)")
+    t.add_argument("--cls-root", default=None, help="EK100 chunked video folder (default: --mir-root)")
+    t.add_argument("--cls-metadata", default=None, help="EPIC_100_validation.csv")
+    t.add_argument("--cls-vocab", default=None, help="action vocabulary JSON (ActionVocabulary.save)")
+    t.add_argument("--cls-vocab-csvs", nargs="+", default=None,
+                   help="CSVs whose verb:noun pairs form the vocabulary (EPIC_100_train.csv EPIC_100_validation.csv)")
+    t.add_argument("--cls-text-csvs", nargs="+", default=None,
+                   help="CSVs whose narrations are the class texts (default: --cls-vocab-csvs, else --cls-metadata)")
+    t.add_argument("--cls-use-template", action="store_true", help="ensemble the '#C C {}' and '#C {}' templates")
+    t.add_argument("--egoschema-root", default=None, help="folder of <q_uid>.mp4")
+    t.add_argument("--egoschema-questions", default=None, help="questions JSON")
+    t.add_argument("--egoschema-answers", default=None, help="answers JSON {q_uid: index} to score locally")
+    r = p.add_argument_group("run")
+    r.add_argument("--output-dir", default="./zeroshot_output")
+    r.add_argument("--save-similarity", action="store_true", help="save the MIR similarity matrix (.npy)")
+    r.add_argument("--batch-size", type=int, default=16, help="clips per batch (per process)")
+    r.add_argument("--text-batch-size", type=int, default=256)
+    r.add_argument("-j", "--workers", type=int, default=0)
+    r.add_argument("--video-chunk-length", type=float, default=15.0)
+    r.add_argument("--video-backend", default="auto", choices=["auto", "decord", "pyav"])
+    r.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
+    r.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="autocast on CUDA")
+    r.add_argument("--seed", type=int, default=0, help="initialisation seed of a model built without a checkpoint")
+    return p
+
+
+# ---- model ------------------------------------------------------------------------------------------------------
+
+def _checkpoint_norm(ckpt: dict[str, Any] | None) -> str | None:
+    args = (ckpt or {}).get("args")
+    value = args.get("norm_style") if isinstance(args, dict) else getattr(args, "norm_style", None)
+    return value if value in ("openai", "timm") else None
+
+
+def build_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model (eval mode) and its data settings: ``num_frames``, ``crop``, ``norm``, ``context_length``."""
+    from lavila.models import convert, create_model
+    from lavila.models.registry import OVERRIDES
+    from lavila.train.flags import parse_overrides
+    from lavila.utils.checkpoint import unwrap_state_dict
+
+    overrides = parse_overrides(args.model_overrides)
+    ckpt = None
+    if args.resume:
+        if Path(args.resume).is_file():
+            from lavila.utils.checkpoint import load_checkpoint
+
+            ckpt = load_checkpoint(args.resume, trusted=args.trust_checkpoint)
+        else:
+            from lavila import zoo
+
+            ckpt = zoo.load(args.resume)
+    if args.clip_length is not None:
+        overrides["num_frames"] = args.clip_length
+    if ckpt is not None and ckpt.get("model_config"):  # this project's checkpoint: full stored config
+        config = ckpt["model_config"]
+        name = args.model or ckpt.get("model_name") or config.get("name")
+        stored = {k: config[k] for k in OVERRIDES if k in config and k != "drop_path_rate"}
+        model = create_model(name, **{**stored, **overrides})
+        convert.load_released_state_dict(model, unwrap_state_dict(ckpt))
+    elif ckpt is not None:  # released checkpoint (args Namespace)
+        model = convert.build_from_released_checkpoint(ckpt, num_frames=overrides.pop("num_frames", None),
+                                                       model_name=args.model, **overrides)
+    else:
+        if not args.model:
+            raise SystemExit("error: give --resume CHECKPOINT or --model NAME")
+        torch.manual_seed(args.seed)  # the same random weights on every rank
+        model = create_model(args.model, **overrides)
+    if not hasattr(model, "encode_text"):
+        raise SystemExit("error: zero-shot evaluation needs a CLIP dual encoder; this checkpoint is a classifier "
+                         "(evaluate it with main_finetune_classification.py --evaluate)")
+    config = getattr(model, "config", {}) or {}
+    info = {
+        "model": config.get("name", args.model),
+        "num_frames": int(getattr(model, "num_frames", config.get("num_frames", 4))),
+        "crop": args.input_size or int(config.get("img_size", 224)),
+        "norm": args.norm_style or _checkpoint_norm(ckpt) or "openai",
+        "context_length": args.context_length or int(config.get("context_length", 77)),
+    }
+    return model.eval(), info
+
+
+# ---- tasks ------------------------------------------------------------------------------------------------------
+
+def _autocast(args: argparse.Namespace, device: torch.device) -> Any:
+    if device.type != "cuda" or args.precision == "fp32":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if args.precision == "bf16" else torch.float16)
+
+
+def run_mir(args: argparse.Namespace, model: torch.nn.Module, info: dict[str, Any], device: torch.device
+            ) -> dict[str, float]:
+    from lavila.data.ek100 import EK100MIRDataset, default_relevancy_path
+    from lavila.evaluation import zeroshot
+    from lavila.evaluation.relevancy import build_relevancy, load_relevancy
+
+    if not args.mir_root:
+        raise SystemExit("error: --mir-metadata needs --mir-root (the EK100 video folder)")
+    dataset = EK100MIRDataset(args.mir_root, args.mir_metadata, is_training=False, sentence_path=args.mir_sentences,
+                              num_frames=info["num_frames"], chunk_len=args.video_chunk_length, crop_size=info["crop"],
+                              norm=info["norm"], context_length=info["context_length"], backend=args.video_backend)
+    expected = (len(dataset.clips), len(dataset.sentences))
+    rel_path = Path(args.relevancy_path) if args.relevancy_path else default_relevancy_path(args.mir_metadata)
+    if rel_path.is_file():
+        relevancy = load_relevancy(rel_path, expected_shape=expected)
+    elif args.relevancy_path:
+        raise SystemExit(f"error: --relevancy-path {args.relevancy_path} does not exist")
+    else:
+        du.print_main(f"relevancy {rel_path} not found: rebuilding it from the CSVs")
+        relevancy = build_relevancy(dataset.clips, dataset.sentences)
+    columns = zeroshot.sentence_columns(dataset.clips["narration_id"], dataset.sentences["narration_id"])
+    loader = zeroshot.sharded_loader(dataset, args.batch_size, args.workers)
+    metrics, similarity = zeroshot.evaluate_mir(model, loader, relevancy, columns, device, _autocast(args, device))
+    if args.save_similarity and du.is_main_process():
+        import numpy as np
+
+        np.save(Path(args.output_dir) / "mir_similarity.npy", similarity)
+    return metrics
+
+
+def run_cls(args: argparse.Namespace, model: torch.nn.Module, info: dict[str, Any], device: torch.device
+            ) -> dict[str, float]:
+    from lavila.data.ek100 import ActionVocabulary, EK100CLSDataset, read_ek100_csv, zeroshot_class_texts
+    from lavila.evaluation import zeroshot
+
+    root = args.cls_root or args.mir_root
+    if not root:
+        raise SystemExit("error: --cls-metadata needs --cls-root (the EK100 video folder)")
+    if args.cls_vocab:
+        vocab = ActionVocabulary.load(args.cls_vocab)
+    else:
+        vocab = ActionVocabulary.from_csvs(args.cls_vocab_csvs or [args.cls_metadata])
+    text_csvs = args.cls_text_csvs or args.cls_vocab_csvs or [args.cls_metadata]
+    templates = ("#C C {}", "#C {}") if args.cls_use_template else ("{}",)
+    texts = zeroshot_class_texts(vocab, [read_ek100_csv(p) for p in text_csvs], templates=templates)
+    dataset = EK100CLSDataset(root, args.cls_metadata, vocab, is_training=False, num_frames=info["num_frames"],
+                              chunk_len=args.video_chunk_length, crop_size=info["crop"], norm=info["norm"],
+                              backend=args.video_backend)
+    autocast = _autocast(args, device)
+    classes = zeroshot.class_embeddings(model, texts, device, args.text_batch_size, info["context_length"], autocast)
+    loader = zeroshot.sharded_loader(dataset, args.batch_size, args.workers)
+    metrics, _ = zeroshot.evaluate_zeroshot_cls(model, loader, classes.to(device), vocab.act2verb, vocab.act2noun,
+                                                device, autocast)
+    return metrics
+
+
+def run_egoschema(args: argparse.Namespace, model: torch.nn.Module, info: dict[str, Any], device: torch.device
+                  ) -> dict[str, float]:
+    from lavila.data.egoschema import EgoSchemaDataset
+    from lavila.evaluation import egoschema, zeroshot
+
+    if not args.egoschema_root:
+        raise SystemExit("error: --egoschema-questions needs --egoschema-root (folder of <q_uid>.mp4)")
+    answers = egoschema.load_answers(args.egoschema_answers) if args.egoschema_answers else None
+    dataset = EgoSchemaDataset(args.egoschema_root, args.egoschema_questions, num_frames=info["num_frames"],
+                               crop_size=info["crop"], norm=info["norm"], context_length=info["context_length"],
+                               backend=args.video_backend)
+    loader = zeroshot.sharded_loader(dataset, args.batch_size, args.workers)
+    predictions = zeroshot.evaluate_egoschema(model, loader, dataset.q_uids, device, _autocast(args, device))
+    out: dict[str, float] = {"questions": len(predictions)}
+    if du.is_main_process():
+        json_path, _ = egoschema.write_predictions(predictions, args.output_dir,
+                                                   f"egoschema_predictions_f{info['num_frames']}")
+        du.print_main(f"EgoSchema predictions (submission format): {json_path}")
+    if answers is not None:
+        scored = egoschema.score(predictions, answers)
+        out.update({"accuracy": scored["accuracy"], "scored": scored["total"]})
+    return out
+
+
+# ---- main -------------------------------------------------------------------------------------------------------
+
+def _table(results: dict[str, dict[str, float]]) -> str:
+    lines = [f"{'task':<10} {'metric':<14} {'value':>10}", "-" * 36]
+    for task, metrics in results.items():
+        for key, value in metrics.items():
+            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+            lines.append(f"{task:<10} {key:<14} {shown:>10}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(build_parser(), argv)
+    requested = set(args.tasks or [])
+    given = {"mir": args.mir_metadata, "cls": args.cls_metadata, "egoschema": args.egoschema_questions}
+    tasks = [t for t in TASKS if (t in requested if requested else given[t])]
+    missing = [t for t in tasks if not given[t]]
+    if missing or not tasks:
+        flags = {"mir": "--mir-metadata", "cls": "--cls-metadata", "egoschema": "--egoschema-questions"}
+        need = missing or list(TASKS)
+        raise SystemExit("error: nothing to evaluate: give " + " / ".join(flags[t] for t in need))
+    info_dist = du.init_distributed(args.device)
+    try:
+        device = info_dist.device
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        model, info = build_model(args)
+        model.to(device)
+        du.print_main(f"model {info['model']}: {info['num_frames']} frames, crop {info['crop']}, norm {info['norm']}, "
+                      f"{info_dist.world_size} process(es) on {device}")
+        runners = {"mir": run_mir, "cls": run_cls, "egoschema": run_egoschema}
+        results: dict[str, dict[str, float]] = {}
+        for task in tasks:
+            tic = time.perf_counter()
+            results[task] = runners[task](args, model, info, device)
+            du.print_main(f"{task}: done in {time.perf_counter() - tic:.1f}s")
+        if du.is_main_process():
+            du.print_main(_table(results))
+            payload = {"checkpoint": args.resume or None, **info, "world_size": info_dist.world_size, **results}
+            path = Path(args.output_dir) / "zeroshot_metrics.json"
+            path.write_text(json.dumps(payload, indent=1))
+            du.print_main(f"metrics: {path}")
+    finally:
+        du.cleanup_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

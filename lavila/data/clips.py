@@ -1,0 +1,83 @@
+"""Shared base of the video datasets: decode a clip, transform it, and apply the bad-sample policy.
+
+Policy (``on_error``): ``"skip"`` (training default) records the path and reason in ``skip_tracker`` and returns
+``None`` for the loader's collate to drop and count; ``"raise"`` (evaluation default, always used when
+``is_training=False`` unless overridden) raises ``VideoDecodeError`` naming the path.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch.utils.data import Dataset
+
+from lavila.data.loader import SkipTracker
+from lavila.data.tokenizer import get_tokenizer
+from lavila.data.transforms import VideoTransform
+from lavila.data.video import BACKENDS, VideoDecodeError, load_clip, load_frames, video_path_key
+
+__all__ = ["ClipDataset"]
+
+
+class ClipDataset(Dataset):
+    """Common parameters of every video dataset (subclasses implement ``__len__`` / ``__getitem__``)."""
+
+    def __init__(self, root: str | os.PathLike, num_frames: int = 4, chunk_len: float = 15.0, crop_size: int = 224,
+                 is_training: bool = False, norm: str = "openai", context_length: int = 77, backend: str = "auto",
+                 output: str = "float", on_error: str | None = None, decode_threads: int = 1,
+                 fused_resize: bool = True) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown video backend {backend!r}; choose one of {BACKENDS}")
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"video root {root} is not a folder (check --root / --video-root)")
+        self.root = str(root)
+        self.num_frames = int(num_frames)
+        self.chunk_len = float(chunk_len)
+        self.is_training = is_training
+        self.context_length = context_length
+        self.backend = backend
+        self.decode_threads = decode_threads
+        self.transform = VideoTransform(crop_size, is_training=is_training, norm=norm, output=output)
+        self.on_error = on_error or ("skip" if is_training else "raise")
+        if self.on_error not in ("skip", "raise"):
+            raise ValueError(f"on_error must be 'skip' or 'raise', got {self.on_error!r}")
+        self.skip_tracker = SkipTracker()
+        self.fused_resize = fused_resize
+        self._frame_sizes: dict[str, tuple[int, int]] = {}
+        get_tokenizer()  # build once here so forked DataLoader workers inherit it
+
+    def _decode(self, key: str, load) -> torch.Tensor:
+        # Once a video's frame size is known, the resize is fused into decoding (CropPlan): same crop, no
+        # separate resize pass. The first clip of a video is decoded at full size and cropped + resized.
+        size = self._frame_sizes.get(key) if self.fused_resize else None
+        if size is None:
+            frames = load(None)
+            if len(self._frame_sizes) > 100_000:
+                self._frame_sizes.clear()
+            self._frame_sizes[key] = tuple(frames.shape[1:3])
+            return self.transform(frames)
+        plan = self.transform.plan(*size)
+        return self.transform.apply_plan(load((plan.scaled_h, plan.scaled_w)), plan)
+
+    def load_video_clip(self, video_id: str, start: float, end: float | None) -> torch.Tensor:
+        """(3, T, S, S) frames of ``video_id`` between ``start`` and ``end`` seconds (jittered when training)."""
+        key = video_path_key(self.root, video_id, self.chunk_len)
+        return self._decode(key, lambda size: load_clip(
+            self.root, video_id, start, end, self.num_frames, self.chunk_len, jitter=self.is_training,
+            backend=self.backend, threads=self.decode_threads, size=size))
+
+    def load_video_file(self, path: str) -> torch.Tensor:
+        """(3, T, S, S) frames sampled uniformly over the whole file."""
+        return self._decode(path, lambda size: load_frames(
+            path, self.num_frames, 0.0, None, jitter=self.is_training, backend=self.backend,
+            threads=self.decode_threads, size=size))
+
+    def failed(self, where: str, exc: Exception) -> None:
+        """Handle a sample that could not be read: record + return None (skip) or raise naming the path."""
+        path = exc.path if isinstance(exc, VideoDecodeError) else where
+        if self.on_error == "skip":
+            self.skip_tracker.record(path, f"{type(exc).__name__}: {exc}")
+            return None
+        if isinstance(exc, VideoDecodeError):
+            raise exc
+        raise VideoDecodeError(path, f"{type(exc).__name__}: {exc}") from exc

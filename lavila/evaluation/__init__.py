@@ -1,0 +1,1 @@
+"""Evaluation: EK100 MIR metrics and relevancy, classification metrics, EgoSchema scoring, zero-shot loops."""

@@ -1,0 +1,195 @@
+"""EK100 action-classification fine-tuning engine (reference ``main_lavila_finetune_cls.py``).
+
+A ``VideoClassifier`` (dropout ``--dropout-rate`` + ``fc_cls``) over the visual tower of ``--pretrain-model``;
+actions are the ``verb:noun`` pairs of the train + validation CSVs sorted as strings (3806 on EK100). Mixup/CutMix
+over H x W with label smoothing; SGD or AdamW; ``lr``, ``lr-start``, ``lr-end`` scaled by global batch / 128 as in the
+reference. Evaluation: action top-1 / top-5 and mean-class accuracy, verb / noun top-1 from action probabilities
+marginalised over the vocabulary.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from lavila.train.engine_utils import get_checkpoint, load_weights, overrides_for
+from lavila.train.loop import Engine, TrainingError, ordered_gather
+from lavila.train.losses import ClassificationLoss
+from lavila.train.mixup import VideoMixup
+
+ACTIONS_FILE = "actions.json"
+
+
+class ClassificationEngine(Engine):
+    name = "finetune_classification"
+    description = "EK100 action classification fine-tuning"
+    metric = "acc1"
+    defaults = {"clip_length": 16, "epochs": 100, "warmup_epochs": 2, "batch_size": 32, "lr": 3e-3, "wd": 0.05,
+                "drop_path_rate": 0.1}
+
+    def add_args(self, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("classification fine-tuning")
+        g.add_argument("--dataset", default="ek100_cls", choices=["ek100_cls"])
+        g.add_argument("--pretrain-model", default="", help="pretrained checkpoint (path, zoo name or URL)")
+        g.add_argument("--actions", default=None,
+                       help="action vocabulary JSON (default: built from --train-metadata + --val-metadata)")
+        g.add_argument("--num-classes", type=int, default=None, help="must match the vocabulary (3806 on EK100)")
+        g.add_argument("--num-crops", type=int, default=1, help="accepted for compatibility (one crop)")
+        g.add_argument("--num-clips", type=int, default=1, help="accepted for compatibility (one clip)")
+        g.add_argument("--dropout-rate", type=float, default=0.5)
+        g.add_argument("--mixup", type=float, default=0.8)
+        g.add_argument("--cutmix", type=float, default=1.0)
+        g.add_argument("--cutmix-minmax", type=float, nargs=2, default=None)
+        g.add_argument("--mixup-prob", type=float, default=1.0)
+        g.add_argument("--mixup-switch-prob", type=float, default=0.5)
+        g.add_argument("--mixup-mode", default="batch", choices=["batch"])
+        g.add_argument("--smoothing", type=float, default=0.1)
+        g.add_argument("--no-lr-scaling", action="store_true", help="do not scale the lrs by global batch / 128")
+        g.add_argument("--pickle-filename", default="", help="save logits, probabilities and targets here (.npz)")
+
+    def lr_values(self, args: argparse.Namespace, world_size: int) -> tuple[float, float, float]:
+        scale = 1.0 if args.no_lr_scaling else args.batch_size * world_size / 128.0
+        return args.lr * scale, args.lr_start * scale, args.lr_end * scale
+
+    def prepare_args(self, args: argparse.Namespace, info: Any) -> None:
+        self.vocab = self._vocabulary(args)
+        if args.num_classes is not None and args.num_classes != len(self.vocab):
+            raise TrainingError(f"--num-classes {args.num_classes} does not match the {len(self.vocab)} actions of "
+                                "the vocabulary (train + validation CSVs or --actions)")
+        self.num_classes = len(self.vocab)
+        self.mixup = None
+        if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
+            self.mixup = VideoMixup(args.mixup, args.cutmix, args.cutmix_minmax, args.mixup_prob,
+                                    args.mixup_switch_prob, args.mixup_mode, args.smoothing, self.num_classes)
+            if not self.mixup.active:
+                self.mixup = None
+
+    def _vocabulary(self, args: argparse.Namespace):
+        from lavila.data.ek100 import ActionVocabulary
+
+        saved = Path(args.output_dir) / ACTIONS_FILE
+        if args.actions:
+            vocab = ActionVocabulary.load(args.actions)
+        elif saved.is_file():
+            vocab = ActionVocabulary.load(saved)
+        else:
+            csvs = [p for p in (args.train_metadata, args.val_metadata) if p]
+            if not csvs:
+                raise TrainingError("classification needs the action vocabulary: pass --train-metadata and "
+                                    "--val-metadata (or --actions FILE.json)")
+            vocab = ActionVocabulary.from_csvs(csvs)
+        from lavila.utils.distributed import is_main_process
+
+        if is_main_process():
+            vocab.save(saved)
+        return vocab
+
+    def build_datasets(self, args: argparse.Namespace):
+        from lavila.data.ek100 import EK100CLSDataset
+
+        if not args.root:
+            raise TrainingError("classification fine-tuning needs --root (EK100 video chunks)")
+        common = {"num_frames": args.clip_length, "chunk_len": args.video_chunk_length, "crop_size": args.input_size,
+                  "norm": args.norm_style, "backend": args.video_backend,
+                  "fused_resize": args.fused_decode_crop}
+        train = None
+        if not args.evaluate:
+            if not args.train_metadata:
+                raise TrainingError("classification fine-tuning needs --train-metadata (EPIC_100_train.csv)")
+            train = EK100CLSDataset(args.root, args.train_metadata, self.vocab, is_training=True,
+                                    on_error=args.skip_policy, **common)
+        val = EK100CLSDataset(args.root, args.val_metadata, self.vocab, is_training=False, **common) \
+            if args.val_metadata else None
+        return train, val
+
+    def build_model(self, args: argparse.Namespace) -> nn.Module:
+        from lavila.models import VideoClassifier, create_model
+
+        source = args.pretrain_model or (args.resume if args.evaluate else "")
+        if not source:
+            raise TrainingError("classification fine-tuning starts from a pretrained checkpoint: pass "
+                                "--pretrain-model (path, zoo name or URL)")
+        ckpt = get_checkpoint(source, args)
+        name, overrides = overrides_for(args, ckpt)
+        state = ckpt.get("state_dict", ckpt)
+        is_classifier = any(k.removeprefix("module.") == "fc_cls.weight" for k in state)
+        if is_classifier:
+            model = create_model(name, num_classes=self.num_classes, **overrides)
+            if args.pretrain_model:
+                load_weights(model, ckpt)
+        else:
+            clip = create_model(name, **overrides)
+            if args.pretrain_model:
+                load_weights(clip, ckpt)
+            model = VideoClassifier.from_clip(clip, self.num_classes)
+            model.config = {**clip.config, "num_classes": self.num_classes}
+        model.dropout.p = args.dropout_rate
+        return model
+
+    def build_criterion(self, args: argparse.Namespace) -> nn.Module:
+        return ClassificationLoss(smoothing=args.smoothing)
+
+    def train_step(self, model: nn.Module, batch: Any, criterion: nn.Module, args: argparse.Namespace,
+                   device: torch.device) -> dict[str, torch.Tensor]:
+        frames, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        target = labels
+        if self.mixup is not None:
+            frames, target = self.mixup(frames, labels)
+        logits = model(frames)
+        loss = criterion(logits, target)
+        with torch.no_grad():
+            acc1 = 100.0 * (logits.argmax(-1) == labels).float().mean()
+        return {"loss": loss, "acc1": acc1}
+
+    def checkpoint_extra(self, args: argparse.Namespace) -> dict[str, Any]:
+        return {"actions": list(self.vocab.actions)}
+
+    def evaluate(self, model: nn.Module, loader: Iterable[Any], args: argparse.Namespace,
+                 device: torch.device) -> dict[str, float]:
+        logits, targets = [], []
+        for frames, labels in loader:
+            logits.append(model(frames.to(device, non_blocking=True)).float())
+            targets.append(labels.to(device))
+        n = len(loader.dataset)
+        all_logits = ordered_gather(torch.cat(logits), n).cpu()
+        all_targets = ordered_gather(torch.cat(targets), n).cpu()
+        probs = all_logits.softmax(-1)
+        metrics = classification_metrics(probs.numpy(), all_targets.numpy(), self.vocab.act2verb,
+                                         self.vocab.act2noun)
+        if args.pickle_filename:
+            from lavila.utils.distributed import is_main_process
+
+            if is_main_process():
+                np.savez(Path(args.output_dir) / args.pickle_filename, logits=all_logits.numpy(),
+                         probs=probs.numpy(), targets=all_targets.numpy())
+        return metrics
+
+
+def classification_metrics(probs: np.ndarray, targets: np.ndarray, act2verb: np.ndarray,
+                           act2noun: np.ndarray) -> dict[str, float]:
+    """Action top-1/top-5 and mean-class accuracy (%), verb/noun top-1 from marginalised action probabilities."""
+    try:
+        from lavila.evaluation import classification as cls_eval
+    except ImportError:
+        cls_eval = None
+    if cls_eval is not None and hasattr(cls_eval, "ek100_cls_metrics"):
+        return {k: float(v) for k, v in cls_eval.ek100_cls_metrics(probs, targets, act2verb, act2noun).items()}
+    k = min(5, probs.shape[1])
+    top5 = np.argsort(-probs, axis=1)[:, :k]
+    pred = top5[:, 0]
+    acc1 = float((pred == targets).mean() * 100)
+    acc5 = float((top5 == targets[:, None]).any(1).mean() * 100)
+    labels = np.union1d(targets, pred)
+    recalls = [float((pred[targets == c] == c).mean()) if (targets == c).any() else 0.0 for c in labels]
+    mean_acc = float(np.mean(recalls) * 100)
+    verb_probs = np.zeros((probs.shape[0], int(act2verb.max()) + 1))
+    noun_probs = np.zeros((probs.shape[0], int(act2noun.max()) + 1))
+    np.add.at(verb_probs.T, act2verb, probs.T)
+    np.add.at(noun_probs.T, act2noun, probs.T)
+    verb_acc = float((verb_probs.argmax(1) == act2verb[targets]).mean() * 100)
+    noun_acc = float((noun_probs.argmax(1) == act2noun[targets]).mean() * 100)
+    return {"acc1": acc1, "acc5": acc5, "mean_acc": mean_acc, "verb_acc1": verb_acc, "noun_acc1": noun_acc}

@@ -1,0 +1,100 @@
+"""Command-line flags shared by the three engines (upstream names and meanings, video-mamba-suite section 4)."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import yaml
+
+
+def _bool_pair(group: argparse._ArgumentGroup, name: str, default: bool, help: str, off: str | None = None) -> None:
+    dest = name.replace("-", "_")
+    group.add_argument(f"--{name}", dest=dest, action="store_true", help=help)
+    group.add_argument(off or f"--no-{name}", dest=dest, action="store_false", help=f"disable --{name}")
+    group.set_defaults(**{dest: default})
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["embed_dim=64", "depth=2"]`` -> ``{"embed_dim": 64, "depth": 2}`` (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--model-overrides entry {item!r} must look like key=value, e.g. depth=2")
+        key, value = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
+def add_common_args(parser: argparse.ArgumentParser, *, clip_length: int, epochs: int, warmup_epochs: int,
+                    batch_size: int, lr: float, wd: float, drop_path_rate: float = 0.0) -> None:
+    """Flags every engine takes. Engine-specific defaults are passed in."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--root", default=None, help="folder of (chunked) training videos")
+    data.add_argument("--train-metadata", default=None, help="training annotation file")
+    data.add_argument("--val-metadata", default=None, help="evaluation annotation file")
+    data.add_argument("--output-dir", default="./", help="checkpoints, config.yaml, metrics.jsonl go here")
+    data.add_argument("--video-chunk-length", type=float, default=15, help="seconds per video chunk file")
+    data.add_argument("--clip-length", type=int, default=clip_length, help="frames per clip (= model frames)")
+    data.add_argument("--clip-stride", type=int, default=4, help="accepted for compatibility; unused upstream")
+    data.add_argument("--input-size", type=int, default=224, help="crop size (224; 336 for *_336PX)")
+    data.add_argument("--norm-style", default="openai", choices=["openai", "timm"])
+    _bool_pair(data, "fused-decode-crop", False, "fuse the resize into decoding (faster; the first clip of each "
+              "video is then resized differently, so runs are not bit-reproducible)")
+    data.add_argument("--decode-threads", type=int, default=1)
+    data.add_argument("--video-backend", default="auto", choices=["auto", "decord", "pyav"],
+                      help="decoder; falls back to the other when one is missing")
+    data.add_argument("-j", "--workers", type=int, default=8, help="DataLoader worker processes per rank")
+    data.add_argument("--skip-policy", default="skip", choices=["skip", "raise"],
+                      help="unreadable training sample: skip and count it, or stop with its path")
+    data.add_argument("--use-multi-epochs-loader", action="store_true", help="accepted for compatibility")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default="CLIP_VITB16", help="model name (lavila.models.list_models())")
+    model.add_argument("--model-overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                       help="override named-config fields, e.g. depth=2 embed_dim=64 (tiny test models)")
+    _bool_pair(model, "grad-checkpointing", False, "activation checkpointing in the towers")
+    _bool_pair(model, "use-fast-conv1", False, "ViT patch embedding as Linear", off="--disable-fast-conv1")
+    _bool_pair(model, "use-flash-attn", False, "flash-attn kernels when installed (SDPA otherwise)",
+               off="--disable-flash-attn")
+    model.add_argument("--patch-dropout", type=float, default=0.0)
+    model.add_argument("--drop-path-rate", type=float, default=drop_path_rate)
+    model.add_argument("--pretrain-zoo", default="openai", choices=["openai", "open_clip", "lavila", "deit", "none"])
+    model.add_argument("--pretrain-path", default=None, help="open_clip weights file")
+    model.add_argument("--project-embed-dim", type=int, default=256)
+    model.add_argument("--context-length", type=int, default=77)
+    model.add_argument("--vocab-size", type=int, default=49408)
+    model.add_argument("--resume", default="", help="checkpoint to resume/evaluate (path, zoo name or URL)")
+    model.add_argument("--trust-checkpoint", action="store_true",
+                       help="load checkpoints with full unpickling (only for files from a trusted source)")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=int, default=epochs)
+    optim.add_argument("--warmup-epochs", type=float, default=warmup_epochs)
+    optim.add_argument("--start-epoch", type=int, default=0)
+    optim.add_argument("--batch-size", type=int, default=batch_size, help="per process")
+    optim.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
+    optim.add_argument("--lr", type=float, default=lr)
+    optim.add_argument("--fix-lr", action="store_true", help="constant --lr, no warmup")
+    optim.add_argument("--lr-start", type=float, default=1e-6, help="warmup start")
+    optim.add_argument("--lr-end", type=float, default=1e-5, help="cosine floor")
+    optim.add_argument("--update-freq", type=int, default=1, help="gradient accumulation steps")
+    optim.add_argument("--wd", type=float, default=wd)
+    optim.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999))
+    optim.add_argument("--eps", type=float, default=1e-8)
+    optim.add_argument("--grad-clip-norm", type=float, default=None)
+    optim.add_argument("--disable-amp", action="store_true", help="fp32 on CUDA (CPU always runs fp32)")
+    optim.add_argument("--use-bf16", action="store_true", help="bf16 autocast instead of fp16 + GradScaler")
+    optim.add_argument("--use-zero", action="store_true", help="accepted for compatibility; not supported")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--eval-freq", type=int, default=1)
+    run.add_argument("--print-freq", type=int, default=10)
+    run.add_argument("--evaluate", action="store_true", help="evaluate only (weights from --resume/--pretrain-model)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
+    run.add_argument("--save-freq", type=int, default=1, help="epochs between checkpoint.pt saves")
+    # torchrun / the reference's launcher arguments: accepted, the environment decides.
+    for flag, kw in (("--world-size", {"type": int, "default": 1}), ("--rank", {"type": int, "default": 0}),
+                     ("--local_rank", {"type": int, "default": 0, "dest": "local_rank"}), ("--dist-url", {"default": "env://"}),
+                     ("--dist-backend", {"default": None}), ("--gpu", {"default": None})):
+        run.add_argument(flag, help=argparse.SUPPRESS, **kw)

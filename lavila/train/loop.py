@@ -1,0 +1,613 @@
+"""The one training core behind ``main_pretrain.py``, ``main_finetune_retrieval.py`` and
+``main_finetune_classification.py``.
+
+``run(engine, argv)`` parses flags (``--config`` YAML + CLI), initialises torchrun / Slurm / single-process
+execution, builds data before the model (so a bad data path fails before any model is built), then trains:
+per-iteration warmup + cosine LR, AMP on CUDA (bf16, or fp16 with GradScaler; fp32 on CPU), gradient accumulation
+(``--update-freq``, with DDP ``no_sync`` on the inner micro-batches), gradient clipping, logit-scale clamp to
+[0, ln 100] when the temperature is trainable, evaluation every ``--eval-freq`` epochs, and checkpoints.
+
+Checkpoints (``<output-dir>/checkpoint.pt`` every ``--save-freq`` epochs, ``checkpoint_best.pt`` on a better metric)
+are written atomically and hold ``state_dict`` (no ``module.`` prefix), ``optimizer``, ``scaler``, ``epoch`` (next
+epoch to run), ``step_in_epoch`` (micro-batches already done in that epoch, non-zero only after a preemption save),
+``global_step``, ``best_acc1`` (best tracked metric), ``args`` (plain dict), ``model_name``, ``model_config`` and
+the RNG states of every rank, so they load with ``torch.load(weights_only=True)``.
+
+Resuming: when ``<output-dir>/checkpoint.pt`` exists the run continues from it (auto-resume; it wins over
+``--resume``). With the same flags, seed and ``--workers 0`` the final weights are bit-identical to an uninterrupted
+run on CPU (with workers > 0 a resume at an epoch boundary is also exact; one inside an epoch restarts the workers'
+random streams).
+
+Preemption: SIGTERM and SIGUSR1 (what Slurm sends before it preempts or times out a job, e.g. with
+``#SBATCH --signal=USR1@120``; torchrun forwards SIGTERM to its workers) set a flag; at the next optimiser-step
+boundary every rank agrees to stop, rank 0 writes ``checkpoint.pt`` with the position inside the epoch, and ``run``
+returns ``{"status": "preempted", ...}`` (the entry scripts then exit with status 0). Re-running the same command
+resumes from that step. Requeue the job with ``scontrol requeue $SLURM_JOB_ID`` or ``#SBATCH --requeue``.
+
+A non-finite loss raises ``NonFiniteLossError`` naming the epoch and step; the last good checkpoint stays in place.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from lavila.config import parse_args, resolved_config, save_resolved_config
+from lavila.train.flags import parse_overrides
+from lavila.train.optim import build_optimizer
+from lavila.train.sampler import PerSampleSeededDataset, ResumableDistributedSampler, ShardSampler
+from lavila.train.schedule import cosine_scheduler, set_lr
+from lavila.utils import distributed as du
+from lavila.utils.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_state_dict_strict,
+    save_checkpoint,
+    unwrap_state_dict,
+)
+from lavila.utils.logging import MetricLogger, get_logger, progress
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_BEST = "checkpoint_best.pt"
+LOGIT_SCALE_MAX = math.log(100.0)
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot continue (bad flags, no data, diverged)."""
+
+
+class NonFiniteLossError(TrainingError):
+    pass
+
+
+class Engine:
+    """What differs between the three engines. Subclasses override the hooks below."""
+
+    name = "engine"
+    description = ""
+    metric = "avg_map"  # key of ``evaluate``'s result tracked for checkpoint_best.pt (higher is better)
+    defaults: dict[str, Any] = {}  # engine defaults for the common flags (see flags.add_common_args)
+
+    def add_args(self, parser: argparse.ArgumentParser) -> None:
+        """Engine-specific flags."""
+
+    def prepare_args(self, args: argparse.Namespace, info: du.DistInfo) -> None:
+        """Validate / derive flags after parsing (e.g. LR scaling)."""
+
+    def build_datasets(self, args: argparse.Namespace) -> tuple[Dataset | None, Dataset | None]:
+        """(train, val); train is not built for ``--evaluate``; val may be None (no evaluation)."""
+        raise NotImplementedError
+
+    def build_model(self, args: argparse.Namespace) -> nn.Module:
+        raise NotImplementedError
+
+    def build_criterion(self, args: argparse.Namespace) -> nn.Module:
+        raise NotImplementedError
+
+    def train_step(self, model: nn.Module, batch: Any, criterion: nn.Module, args: argparse.Namespace,
+                   device: torch.device) -> dict[str, torch.Tensor]:
+        """Forward + loss of one micro-batch; returns a dict with ``loss`` and other scalars to log."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, loader: Iterable[Any], args: argparse.Namespace,
+                 device: torch.device) -> dict[str, float]:
+        raise NotImplementedError
+
+    def lr_values(self, args: argparse.Namespace, world_size: int) -> tuple[float, float, float]:
+        """(lr, lr_start, lr_end) actually used (the CLS engine scales them by the global batch)."""
+        return args.lr, args.lr_start, args.lr_end
+
+    def checkpoint_extra(self, args: argparse.Namespace) -> dict[str, Any]:
+        """Extra plain-data entries to store in checkpoints."""
+        return {}
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "gauss": float(np_state[4])}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuplify(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuplify(obj: Any) -> Any:
+    return tuple(_tuplify(o) for o in obj) if isinstance(obj, (list, tuple)) else obj
+
+
+def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Named-config overrides from the flags: frame count, projection size, drop path, text sizes, --model-overrides."""
+    out: dict[str, Any] = {"num_frames": args.clip_length, "drop_path_rate": args.drop_path_rate,
+                           "img_size": args.input_size}
+    for key in ("project_embed_dim", "context_length", "vocab_size"):
+        if getattr(args, key, None) is not None:
+            out[key] = getattr(args, key)
+    out.update(parse_overrides(args.model_overrides))
+    return out
+
+
+def ordered_gather(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Undo ``ShardSampler``'s interleaving after a gather: row ``i`` of the result is dataset item ``i``."""
+    world = du.get_world_size()
+    gathered = du.all_gather(x)
+    if world == 1:
+        return gathered
+    order = torch.cat([torch.arange(r, size, world) for r in range(world)])
+    out = torch.empty_like(gathered)
+    out[order.to(gathered.device)] = gathered
+    return out
+
+
+class PreemptionFlag:
+    """Records SIGTERM / SIGUSR1 so the loop can checkpoint at the next step boundary."""
+
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+
+    def install(self) -> None:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in self.SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                self._previous[sig] = signal.signal(sig, self._handler)
+
+    def uninstall(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    def request(self, signum: int = signal.SIGTERM) -> None:
+        """Ask the loop to stop at the next step boundary (what the signal handler does)."""
+        self.signal = signum
+
+
+def _agree(flags: Sequence[float], device: torch.device) -> list[float]:
+    """Max over ranks of a few flags (one tiny all-reduce), so every rank takes the same branch."""
+    if du.get_world_size() == 1:
+        return list(flags)
+    t = torch.tensor(list(flags), dtype=torch.float32, device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return t.tolist()
+
+
+# ------------------------------------------------------------------------------------------------ the parser
+
+
+def build_parser(engine: Engine) -> argparse.ArgumentParser:
+    from lavila.train.flags import add_common_args
+
+    parser = argparse.ArgumentParser(description=engine.description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common_args(parser, **engine.defaults)
+    engine.add_args(parser)
+    return parser
+
+
+def parse_engine_args(engine: Engine, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return parse_args(build_parser(engine), list(argv) if argv is not None else None)
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def _resolve_checkpoint_source(source: str, trusted: bool) -> dict[str, Any]:
+    """A path, or (when lavila.zoo exists) a zoo name or URL."""
+    if os.path.isfile(source):
+        return load_checkpoint(source, trusted=trusted)
+    try:
+        from lavila import zoo
+    except ImportError:
+        raise FileNotFoundError(f"checkpoint not found: {source}") from None
+    if trusted:
+        return load_checkpoint(zoo.resolve(source), trusted=True)
+    return zoo.load(source)
+
+
+def load_model_weights(model: nn.Module, ckpt: dict[str, Any]) -> None:
+    """Strict load of a checkpoint's weights into a bare model (released format handled by the converter)."""
+    state_dict = unwrap_state_dict(ckpt)
+    try:
+        from lavila.models.convert import load_released_state_dict
+    except ImportError:
+        load_state_dict_strict(model, state_dict)
+        return
+    load_released_state_dict(model, state_dict)
+
+
+class TrainState:
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.best = -math.inf
+        self.skipped = 0
+
+
+def _checkpoint_dict(engine: Engine, args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     scaler: torch.amp.GradScaler, state: TrainState, rng: list[Any]) -> dict[str, Any]:
+    bare = unwrap_model(model)
+    return {
+        "engine": engine.name,
+        "epoch": state.epoch,
+        "step_in_epoch": state.step_in_epoch,
+        "global_step": state.global_step,
+        "state_dict": bare.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "best_acc1": state.best if math.isfinite(state.best) else None,
+        "metric": engine.metric,
+        "args": resolved_config(args),
+        "model_name": getattr(bare, "config", {}).get("name", args.model),
+        "model_config": dict(getattr(bare, "config", {})),
+        "rng": rng,
+        "world_size": du.get_world_size(),
+        "skipped_samples": state.skipped,
+        **engine.checkpoint_extra(args),
+    }
+
+
+def save_training_checkpoint(engine: Engine, args: argparse.Namespace, model: nn.Module,
+                             optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, state: TrainState,
+                             best: bool = False) -> Path | None:
+    """Collective (every rank gives its RNG state); rank 0 writes checkpoint.pt (and checkpoint_best.pt)."""
+    rng = du.all_gather_object(rng_state())
+    if not du.is_main_process():
+        du.barrier()
+        return None
+    obj = _checkpoint_dict(engine, args, model, optimizer, scaler, state, rng)
+    out = Path(args.output_dir)
+    path = save_checkpoint(obj, out / CHECKPOINT)
+    if best:
+        save_checkpoint(obj, out / CHECKPOINT_BEST)
+    du.barrier()
+    return path
+
+
+def restore_training_state(ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+                           scaler: torch.amp.GradScaler, state: TrainState, full: bool, log: Any) -> None:
+    load_model_weights(unwrap_model(model), ckpt)
+    if not full:
+        return
+    if "optimizer" in ckpt:
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as exc:
+            log.warning(f"optimizer state in the checkpoint does not fit this optimizer ({exc}); starting it fresh")
+    if ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    state.epoch = int(ckpt.get("epoch", 0))
+    state.step_in_epoch = int(ckpt.get("step_in_epoch", 0))
+    state.global_step = int(ckpt.get("global_step", 0))
+    best = ckpt.get("best_acc1")
+    state.best = float(best) if best is not None else -math.inf
+    state.skipped = int(ckpt.get("skipped_samples", 0))
+    rng = ckpt.get("rng")
+    if isinstance(rng, list) and len(rng) == du.get_world_size():
+        set_rng_state(rng[du.get_rank()])
+    elif rng is not None:
+        log.warning("checkpoint RNG states are from a different world size; random streams restart")
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+
+def build_loader(dataset: Dataset, args: argparse.Namespace, info: du.DistInfo, training: bool) -> DataLoader:
+    """Training: resumable sharded shuffle, ``drop_last``, skip-and-count collate (``--skip-policy``).
+    Evaluation: in-order shards without padding; unreadable samples raise."""
+    from lavila.data.loader import SkipCollate, SkipTracker, attach_skip_tracker
+
+    tracker = SkipTracker()
+    attach_skip_tracker(dataset, tracker)
+    if training:
+        dataset = PerSampleSeededDataset(dataset, seed=args.seed)
+        sampler: Any = ResumableDistributedSampler(len(dataset), info.rank, info.world_size, shuffle=True,
+                                                   seed=args.seed)
+    else:
+        sampler = ShardSampler(len(dataset), info.rank, info.world_size)
+    generator = torch.Generator().manual_seed(args.seed + info.rank)  # worker seeds; leaves the global RNG alone
+    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                        collate_fn=SkipCollate(tracker, args.skip_policy if training else "raise"),
+                        drop_last=training, pin_memory=info.device.type == "cuda", generator=generator)
+    loader.skip_tracker = tracker  # type: ignore[attr-defined]
+    return loader
+
+
+def _autocast(args: argparse.Namespace, device: torch.device) -> Any:
+    if device.type != "cuda" or args.disable_amp:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if args.use_bf16 else torch.float16)
+
+
+def run_evaluation(engine: Engine, model: nn.Module, val_loader: DataLoader, args: argparse.Namespace,
+                   device: torch.device) -> dict[str, float]:
+    model.eval()
+    with torch.no_grad(), _autocast(args, device):
+        metrics = engine.evaluate(unwrap_model(model), val_loader, args, device)
+    model.train()
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def run(engine: Engine, argv: Sequence[str] | None = None, *, args: argparse.Namespace | None = None,
+        preemption: PreemptionFlag | None = None, stop_after_epochs: int | None = None) -> dict[str, Any]:
+    """Parse flags and run training or ``--evaluate``. Returns a summary dict (``status``, metrics, paths).
+
+    ``stop_after_epochs`` (API only, for tests and scripts) stops like a preemption after that many epochs of this
+    invocation; ``preemption`` lets a caller request a stop without a signal.
+    """
+    args = args if args is not None else parse_engine_args(engine, argv)
+    info = du.init_distributed(args.device)
+    log = get_logger("lavila")
+    flag = preemption or PreemptionFlag()
+    flag.install()
+    try:
+        return _run(engine, args, info, log, flag, stop_after_epochs)
+    finally:
+        flag.uninstall()
+
+
+def _run(engine: Engine, args: argparse.Namespace, info: du.DistInfo, log: Any, flag: PreemptionFlag,
+         stop_after_epochs: int | None) -> dict[str, Any]:
+    if args.use_zero:
+        raise TrainingError("--use-zero (ZeroRedundancyOptimizer) is not supported; drop the flag")
+    if args.update_freq < 1:
+        raise TrainingError(f"--update-freq must be >= 1, got {args.update_freq}")
+    if args.batch_size < 1:
+        raise TrainingError(f"--batch-size must be >= 1, got {args.batch_size}")
+    engine.prepare_args(args, info)
+    out_dir = Path(args.output_dir)
+    if info.rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    save_resolved_config(args, out_dir)
+    metrics_log = MetricLogger(out_dir)
+    device = info.device
+    seed_everything(args.seed)  # same model initialisation on every rank
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    train_set, val_set = engine.build_datasets(args)
+    model = engine.build_model(args)
+    if args.grad_checkpointing and hasattr(model, "set_grad_checkpointing"):
+        model.set_grad_checkpointing(True)
+    model.to(device)
+    seed_everything(args.seed + info.rank)  # per-rank augmentation / dropout streams
+    val_loader = build_loader(val_set, args, info, training=False) if val_set is not None else None
+
+    if args.evaluate:
+        return _evaluate_only(engine, args, model, val_loader, device, metrics_log, log)
+
+    if train_set is None:
+        raise TrainingError("no training data: pass --train-metadata and --root")
+    train_loader = build_loader(train_set, args, info, training=True)
+    ipe = len(train_loader) // args.update_freq  # optimiser steps per epoch
+    if ipe == 0:
+        raise TrainingError(f"the training set ({len(train_set)} samples) gives no full optimiser step with "
+                            f"--batch-size {args.batch_size} x {info.world_size} processes x --update-freq "
+                            f"{args.update_freq}; lower them or add data")
+    criterion = engine.build_criterion(args).to(device)
+    optimizer = build_optimizer(model, args)
+    lr, lr_start, lr_end = engine.lr_values(args, info.world_size)
+    set_lr(optimizer, lr)
+    use_scaler = device.type == "cuda" and not args.disable_amp and not args.use_bf16
+    scaler = torch.amp.GradScaler("cuda" if device.type == "cuda" else "cpu", enabled=use_scaler)
+    schedule = None if args.fix_lr else cosine_scheduler(lr, lr_end, args.epochs, ipe, args.warmup_epochs, lr_start)
+    state = TrainState()
+    state.epoch = args.start_epoch
+    auto = out_dir / CHECKPOINT
+    if auto.is_file():
+        log.info(f"auto-resuming from {auto}")
+        restore_training_state(load_checkpoint(auto, trusted=args.trust_checkpoint), model, optimizer, scaler, state,
+                               full=True, log=log)
+    elif args.resume:
+        log.info(f"resuming from {args.resume}")
+        restore_training_state(_resolve_checkpoint_source(args.resume, args.trust_checkpoint), model, optimizer,
+                               scaler, state, full=True, log=log)
+    ddp = model
+    if info.distributed:
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    log.info(f"{engine.name}: {len(train_set)} training samples, {ipe} optimiser steps/epoch, "
+             f"{info.world_size} process(es) on {device}; output in {out_dir}")
+
+    summary: dict[str, Any] = {"status": "finished", "output_dir": str(out_dir)}
+    epochs_run = 0
+    last_eval: dict[str, float] = {}
+    while state.epoch < args.epochs:
+        epoch = state.epoch
+        sampler = train_loader.sampler
+        sampler.set_epoch(epoch)
+        train_loader.dataset.set_epoch(epoch)
+        start_micro = state.step_in_epoch
+        sampler.set_start(start_micro * args.batch_size)
+        train_loader.generator.manual_seed(args.seed * 1000 + epoch * 10 + info.rank)
+        stopped = _train_epoch(engine, args, ddp, train_loader, criterion, optimizer, scaler, schedule, state, ipe,
+                               start_micro, device, metrics_log, log, flag, info)
+        if stopped:
+            save_training_checkpoint(engine, args, ddp, optimizer, scaler, state)
+            log.info(f"stopped by signal {stopped}: checkpoint saved at epoch {epoch} step {state.step_in_epoch}; "
+                     "re-run the same command to resume")
+            summary.update(status="preempted", epoch=epoch, step_in_epoch=state.step_in_epoch)
+            break
+        state.epoch, state.step_in_epoch = epoch + 1, 0
+        epochs_run += 1
+        record: dict[str, Any] = {}
+        is_best = False
+        if val_loader is not None and (epoch + 1) % args.eval_freq == 0:
+            last_eval = run_evaluation(engine, ddp, val_loader, args, device)
+            record.update({f"test_{k}": v for k, v in last_eval.items()})
+            value = last_eval.get(engine.metric)
+            if value is not None and value > state.best:
+                state.best, is_best = value, True
+        if (epoch + 1) % args.save_freq == 0 or is_best or state.epoch == args.epochs:
+            save_training_checkpoint(engine, args, ddp, optimizer, scaler, state, best=is_best)
+        record["skipped_samples"] = state.skipped
+        metrics_log.log_epoch(epoch, record)
+        if record:
+            log.info(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                    for k, v in record.items()))
+        if stop_after_epochs is not None and epochs_run >= stop_after_epochs and state.epoch < args.epochs:
+            summary.update(status="stopped", epoch=state.epoch)
+            break
+    summary.update(metrics=last_eval, best=state.best if math.isfinite(state.best) else None,
+                   global_step=state.global_step, skipped_samples=state.skipped)
+    metrics_log.close()
+    return summary
+
+
+def _train_epoch(engine: Engine, args: argparse.Namespace, model: nn.Module, loader: DataLoader,
+                 criterion: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                 schedule: np.ndarray | None, state: TrainState, ipe: int, start_micro: int, device: torch.device,
+                 metrics_log: MetricLogger, log: Any, flag: PreemptionFlag, info: du.DistInfo) -> int | None:
+    """One epoch from micro-batch ``start_micro``; returns the signal number if stopped by preemption."""
+    model.train()
+    bare = unwrap_model(model)
+    n_micro = ipe * args.update_freq
+    epoch = state.epoch
+    sums: dict[str, float] = {}
+    count = 0
+    t0 = time.monotonic()
+    bar = progress(loader, total=max(n_micro - start_micro, 0), desc=f"epoch {epoch}", every=args.print_freq)
+    if start_micro == 0:
+        optimizer.zero_grad(set_to_none=True)
+    for micro, batch in enumerate(bar, start=start_micro):
+        if micro >= n_micro:
+            break
+        optim_iter = micro // args.update_freq
+        if micro % args.update_freq == 0 and schedule is not None:
+            set_lr(optimizer, float(schedule[epoch * ipe + optim_iter]))
+        missing = batch is None
+        if _agree([float(missing)], device)[0]:
+            if args.skip_policy == "raise":
+                raise TrainingError(f"epoch {epoch} step {micro}: a whole batch could not be read")
+            log.warning(f"epoch {epoch} step {micro}: no readable sample in the batch on some rank; batch skipped")
+            state.step_in_epoch = micro + 1
+            continue
+        last_micro = (micro + 1) % args.update_freq == 0
+        sync = model.no_sync() if (not last_micro and isinstance(model, nn.parallel.DistributedDataParallel)) \
+            else contextlib.nullcontext()
+        with sync:
+            with _autocast(args, device):
+                out = engine.train_step(model, batch, criterion, args, device)
+            loss = out["loss"]
+            if not torch.isfinite(loss.detach()).all():
+                last = Path(args.output_dir) / CHECKPOINT
+                where = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved yet"
+                raise NonFiniteLossError(f"non-finite loss ({float(loss.detach())}) at epoch {epoch}, step {micro} "
+                                         f"(optimiser step {state.global_step + 1}); stopping: {where}")
+            scaler.scale(loss / args.update_freq).backward()
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach() if isinstance(v, torch.Tensor) else v)
+        count += 1
+        state.step_in_epoch = micro + 1
+        if not last_micro:
+            continue
+        if args.grad_clip_norm is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        logit_scale = getattr(bare, "logit_scale", None)
+        if isinstance(logit_scale, torch.Tensor) and logit_scale.requires_grad:
+            with torch.no_grad():
+                logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+        state.global_step += 1
+        step_metrics = {k: float(v.detach() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
+        step_metrics["lr"] = optimizer.param_groups[0]["lr"]
+        if isinstance(logit_scale, torch.Tensor):
+            step_metrics["logit_scale"] = float(logit_scale.detach().exp())
+        metrics_log.log_step(state.global_step, step_metrics, epoch=epoch)
+        if hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str(f"loss {step_metrics['loss']:.4f} lr {step_metrics['lr']:.3g}")
+        stop = _agree([float(flag.signal or 0)], device)[0]
+        if stop:
+            return int(stop)
+    skipped = int(du.all_reduce_sum(float(loader.skip_tracker.report(epoch, logger=log)["skipped"])).item())
+    state.skipped += skipped
+    if count:
+        averages = {f"train_{k}": du.all_reduce_mean(v / count) for k, v in sums.items()}
+        averages["train_lr"] = optimizer.param_groups[0]["lr"]
+        averages["epoch_seconds"] = time.monotonic() - t0
+        metrics_log.log_epoch(epoch, averages, kind="train")
+    return None
+
+
+def _evaluate_only(engine: Engine, args: argparse.Namespace, model: nn.Module, val_loader: DataLoader | None,
+                   device: torch.device, metrics_log: MetricLogger, log: Any) -> dict[str, Any]:
+    if val_loader is None:
+        raise TrainingError("--evaluate needs evaluation data: pass --val-metadata (and its video root)")
+    if args.resume:
+        log.info(f"evaluating weights from {args.resume}")
+        load_model_weights(model, _resolve_checkpoint_source(args.resume, args.trust_checkpoint))
+    elif not getattr(args, "pretrain_model", ""):
+        log.warning("--evaluate without --resume or --pretrain-model evaluates a randomly initialised model")
+    metrics = run_evaluation(engine, model, val_loader, args, device)
+    metrics_log.log_epoch(-1, metrics, kind="eval")
+    metrics_log.close()
+    log.info("evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return {"status": "evaluated", "metrics": metrics, "output_dir": str(args.output_dir)}
+
+
+def checkpoint_model_config(ckpt: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """Model name and named-config overrides stored in a checkpoint of this project (released ones: args.model)."""
+    from lavila.models.registry import OVERRIDES
+
+    config = ckpt.get("model_config") or {}
+    name = ckpt.get("model_name") or config.get("name")
+    if name is None:
+        args = ckpt.get("args")
+        name = getattr(args, "model", None) if not isinstance(args, dict) else args.get("model")
+    return name, {k: config[k] for k in OVERRIDES if k in config}
+
+
+def main(engine: Engine, argv: Sequence[str] | None = None) -> int:
+    """Entry-script wrapper: known failures print one clear line instead of a traceback."""
+    try:
+        summary = run(engine, argv)
+    except (TrainingError, CheckpointError, FileNotFoundError) as exc:
+        get_logger("lavila").error(f"error: {exc}")
+        return 1
+    finally:
+        du.cleanup_distributed()
+    return 0 if summary.get("status") in ("finished", "evaluated", "preempted", "stopped") else 1

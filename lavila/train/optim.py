@@ -1,0 +1,65 @@
+"""Optimisers with parameter groups that exempt biases, norms, embeddings and SSM parameters from weight decay.
+
+The reference decays every parameter with ``ndim >= 2`` unless its name contains ``bias``/``ln``/``bn``/``pos_embed``,
+so it decays ``cls_token``, temporal embeddings, token embeddings and Mamba ``A_log``/``D``. Here none of these is
+decayed: parameters with ``ndim < 2``, parameters of embedding and normalisation layers, and the names below.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+from torch import nn
+
+NO_DECAY_NAMES = {"cls_token", "pos_embed", "temporal_embed", "temporal_embedding", "positional_embedding",
+                  "logit_scale", "A_log", "A_b_log", "D", "D_b", "token_embedding", "dist_token"}
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)) or \
+        "Norm" in type(module).__name__
+
+
+def no_weight_decay(name: str, param: torch.Tensor, owner: nn.Module, extra: set[str]) -> bool:
+    """True for parameters that should not be decayed."""
+    parts = name.split(".")
+    return (param.ndim < 2 or name.endswith(".bias") or any(p in NO_DECAY_NAMES for p in parts)
+            or isinstance(owner, nn.Embedding) or _is_norm(owner) or name in extra)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two groups (decay / no decay) of the trainable parameters."""
+    extra: set[str] = set()
+    for prefix, module in model.named_modules():
+        hook = getattr(module, "no_weight_decay", None)
+        if callable(hook):  # timm-style hint: names relative to that module
+            extra |= {f"{prefix}.{n}" if prefix else n for n in hook()}
+    owners = {}
+    for mod_name, module in model.named_modules():
+        for p_name, _ in module.named_parameters(recurse=False):
+            owners[f"{mod_name}.{p_name}" if mod_name else p_name] = module
+    decay, skip = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (skip if no_weight_decay(name, param, owners[name], extra) else decay).append(param)
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    if skip:
+        groups.append({"params": skip, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    """AdamW (default) or SGD with momentum ``betas[0]`` (the reference's convention)."""
+    groups = param_groups(model, args.wd)
+    if not groups:
+        raise ValueError("the model has no trainable parameters")
+    name = getattr(args, "optimizer", "adamw")
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=args.lr, betas=tuple(args.betas), eps=args.eps, weight_decay=args.wd)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=args.lr, momentum=args.betas[0], weight_decay=args.wd)
+    raise ValueError(f"unknown --optimizer {name!r}; use adamw or sgd")

@@ -1,0 +1,130 @@
+"""Ego4D video-text pretraining engine (reference ``main_lavila_pretrain.py``): CLIP InfoNCE over the global batch,
+zero-shot EK100 MIR evaluation when ``--val-metadata`` and ``--root-val`` are given (EgoSchema with
+``--evaluate-task egoschema``)."""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from lavila.train.engine_utils import evaluate_mir, get_checkpoint, init_pretrained, mir_relevancy, overrides_for
+from lavila.train.loop import Engine, TrainingError
+from lavila.train.losses import ClipLoss
+
+
+class PretrainEngine(Engine):
+    name = "pretrain"
+    description = "Ego4D video-language (CLIP) pretraining"
+    metric = "avg_map"
+    defaults = {"clip_length": 4, "epochs": 5, "warmup_epochs": 1, "batch_size": 16, "lr": 3e-5, "wd": 0.01}
+
+    def add_args(self, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("pretraining")
+        g.add_argument("--dataset", default="ego4d", choices=["ego4d"])
+        g.add_argument("--dataset-val", default="ek100_mir", choices=["ek100_mir", "egoschema"])
+        g.add_argument("--root-val", default=None, help="video root of the evaluation set")
+        g.add_argument("--train-metadata-aux", nargs="+", default=[], help="extra Ego4D metadata pickles")
+        g.add_argument("--relevancy-path", default=None, help="EK100 MIR relevancy pickle (default: beside the CSV)")
+        g.add_argument("--egoschema-answers", default=None, help="answers JSON to score EgoSchema locally")
+        g.add_argument("--freeze-temperature", dest="freeze_temperature", action="store_true",
+                       help="keep the temperature at 0.07 (default, as every release recipe)")
+        g.add_argument("--no-freeze-temperature", dest="freeze_temperature", action="store_false")
+        g.add_argument("--local-loss", action="store_true")
+        g.add_argument("--gather-with-grad", dest="gather_with_grad", action="store_true")
+        g.add_argument("--no-gather-with-grad", dest="gather_with_grad", action="store_false")
+        g.add_argument("--evaluate-task", default=None, choices=["ek100_mir", "egoschema"],
+                       help="task of --evaluate (default: --dataset-val)")
+        parser.set_defaults(freeze_temperature=True, gather_with_grad=True)
+
+    def prepare_args(self, args: argparse.Namespace, info: Any) -> None:
+        if args.evaluate_task and args.evaluate_task != args.dataset_val:
+            args.dataset_val = args.evaluate_task
+
+    def build_datasets(self, args: argparse.Namespace):
+        common = {"num_frames": args.clip_length, "chunk_len": args.video_chunk_length, "crop_size": args.input_size,
+                  "norm": args.norm_style, "backend": args.video_backend,
+                  "fused_resize": args.fused_decode_crop}
+        train = None
+        if not args.evaluate:
+            from lavila.data.ego4d import Ego4DPretrainDataset
+
+            if not args.root or not args.train_metadata:
+                raise TrainingError("pretraining needs --root (Ego4D video chunks) and --train-metadata (.pkl)")
+            train = Ego4DPretrainDataset(args.root, args.train_metadata, args.train_metadata_aux, is_training=True,
+                                         context_length=args.context_length, on_error=args.skip_policy, **common)
+        val = None
+        if args.val_metadata and args.root_val:
+            if args.dataset_val == "ek100_mir":
+                from lavila.data.ek100 import EK100MIRDataset
+
+                val = EK100MIRDataset(args.root_val, args.val_metadata, is_training=False,
+                                      context_length=args.context_length, **common)
+                self.relevancy = mir_relevancy(val, args.relevancy_path)
+            else:
+                from lavila.data.egoschema import EgoSchemaDataset
+
+                val = EgoSchemaDataset(args.root_val, args.val_metadata, num_frames=args.clip_length,
+                                       crop_size=args.input_size, norm=args.norm_style, backend=args.video_backend,
+                                       context_length=args.context_length, fused_resize=args.fused_decode_crop)
+        elif args.evaluate:
+            raise TrainingError("--evaluate needs --val-metadata and --root-val")
+        return train, val
+
+    def build_model(self, args: argparse.Namespace) -> nn.Module:
+        from lavila.models import create_model
+
+        ckpt = get_checkpoint(args.resume, args) if (args.evaluate and args.resume) else None
+        name, overrides = overrides_for(args, ckpt)
+        overrides["freeze_temperature"] = args.freeze_temperature
+        model = create_model(name, **overrides)
+        if ckpt is None:
+            init_pretrained(model, args)
+        return model
+
+    def build_criterion(self, args: argparse.Namespace) -> nn.Module:
+        return ClipLoss(local_loss=args.local_loss, gather_with_grad=args.gather_with_grad)
+
+    def train_step(self, model: nn.Module, batch: Any, criterion: nn.Module, args: argparse.Namespace,
+                   device: torch.device) -> dict[str, torch.Tensor]:
+        frames, tokens = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        out = model(frames, tokens)
+        return criterion(out["image_embed"], out["text_embed"], out["logit_scale"])
+
+    def evaluate(self, model: nn.Module, loader: Iterable[Any], args: argparse.Namespace,
+                 device: torch.device) -> dict[str, float]:
+        if args.dataset_val == "ek100_mir":
+            return evaluate_mir(model, loader, self.relevancy, device)
+        return evaluate_egoschema(model, loader, args, device)
+
+
+@torch.no_grad()
+def evaluate_egoschema(model: nn.Module, loader: Iterable[Any], args: argparse.Namespace,
+                       device: torch.device) -> dict[str, float]:
+    """Zero-shot EgoSchema: the option whose prompt is closest to the video; accuracy when answers are given.
+    Predictions are written to ``<output-dir>/egoschema_predictions.json``."""
+    import json
+    from pathlib import Path
+
+    from lavila.train.loop import ordered_gather
+    from lavila.utils.distributed import is_main_process
+
+    preds = []
+    for frames, options, _ in loader:
+        video = model.encode_video(frames.to(device))
+        text = model.encode_text(options.to(device).flatten(0, 1)).view(options.shape[0], options.shape[1], -1)
+        preds.append(torch.einsum("bd,bkd->bk", video.float(), text.float()).argmax(-1))
+    dataset = loader.dataset
+    pred = ordered_gather(torch.cat(preds), len(dataset)).cpu().tolist()
+    uids = [q["q_uid"] for q in dataset.questions]
+    result = dict(zip(uids, pred))
+    if is_main_process():
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(args.output_dir) / "egoschema_predictions.json").write_text(json.dumps(result, indent=1))
+    metrics: dict[str, float] = {"answered": float(len(result))}
+    if args.egoschema_answers:
+        answers = {str(k): int(v) for k, v in json.loads(Path(args.egoschema_answers).read_text()).items()}
+        scored = [int(result[u] == answers[u]) for u in uids if u in answers]
+        metrics["accuracy"] = 100.0 * sum(scored) / max(len(scored), 1)
+    return metrics

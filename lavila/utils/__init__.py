@@ -1,0 +1,1 @@
+"""Shared runtime utilities: distributed set-up, safe checkpoint I/O, logging."""

@@ -1,0 +1,237 @@
+"""Safe checkpoint and pickle I/O.
+
+* ``save_checkpoint`` writes to a temporary file in the destination folder and renames it over the target, so a kill
+  during a save never leaves a torn ``checkpoint.pt`` (the previous one stays intact).
+* ``load_checkpoint`` uses ``torch.load(weights_only=True)`` with an explicit allow-list of what the released
+  video-mamba-suite checkpoints contain: ``argparse.Namespace`` for ``args``, numpy arrays/scalars, and the pandas
+  ``DataFrame`` that classification checkpoints keep in ``args.actions``. Anything else is refused; a file you trust
+  can be loaded with ``trusted=True`` (``--trust-checkpoint`` on the command line).
+* ``unwrap_state_dict`` accepts a bare state dict or one under ``state_dict``/``model`` and strips a leading
+  ``module.`` (DDP).
+* ``load_state_dict_strict`` loads strictly and, on failure, reports missing/unexpected keys and shape mismatches
+  grouped by prefix.
+* ``safe_pickle_load`` reads annotation pickles (Ego4D metadata, EK100 relevancy) with an unpickler that only
+  builds plain containers, numbers, strings and numpy arrays.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read safely or does not fit the model."""
+
+
+# ------------------------------------------------------------------------------------------------ saving
+
+
+def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to ``path`` atomically (temporary file in the same folder, fsync, ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def _numpy_globals() -> list[Any]:
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    entries: list[Any] = [np.ndarray, np.dtype]
+    for name in ("_reconstruct", "scalar"):
+        fn = getattr(core.multiarray, name)
+        entries += [fn, (fn, f"numpy.core.multiarray.{name}"), (fn, f"numpy._core.multiarray.{name}")]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        entries += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
+    return entries
+
+
+def _pandas_globals() -> list[Any]:
+    try:
+        import pandas as pd
+        from pandas._libs import internals as libinternals
+        from pandas.core.indexes import base as index_base
+        from pandas.core.internals import managers
+    except ImportError:  # pandas missing: classification checkpoints then need trusted=True
+        return []
+    entries: list[Any] = [
+        pd.DataFrame, (pd.DataFrame, "pandas.core.frame.DataFrame"),
+        pd.Series, (pd.Series, "pandas.core.series.Series"),
+        pd.Index, (pd.Index, "pandas.core.indexes.base.Index"),
+        (pd.Index, "pandas.core.indexes.numeric.Int64Index"),  # pandas 1.x name of an integer index
+        pd.RangeIndex, (pd.RangeIndex, "pandas.core.indexes.range.RangeIndex"),
+        managers.BlockManager, (managers.BlockManager, "pandas.core.internals.managers.BlockManager"),
+        managers.SingleBlockManager,
+        (managers.SingleBlockManager, "pandas.core.internals.managers.SingleBlockManager"),
+        libinternals._unpickle_block, (libinternals._unpickle_block, "pandas._libs.internals._unpickle_block"),
+        index_base._new_Index, (index_base._new_Index, "pandas.core.indexes.base._new_Index"),
+        slice,
+    ]
+    for mod_name, names in (("pandas._libs.arrays", ["__pyx_unpickle_NDArrayBacked"]),):
+        mod = __import__(mod_name, fromlist=names)
+        entries += [(getattr(mod, n), f"{mod_name}.{n}") for n in names if hasattr(mod, n)]
+    for name in ("StringDtype", "CategoricalDtype"):
+        if hasattr(pd, name):
+            entries.append(getattr(pd, name))
+    arrays = getattr(pd, "arrays", None)
+    if arrays is not None and hasattr(arrays, "StringArray"):
+        entries.append(arrays.StringArray)
+    return entries
+
+
+def checkpoint_safe_globals() -> list[Any]:
+    """The allow-list used by ``load_checkpoint`` on top of torch's own weights-only set."""
+    return [argparse.Namespace, collections.OrderedDict, *_numpy_globals(), *_pandas_globals()]
+
+
+def load_checkpoint(path: str | os.PathLike, trusted: bool = False, map_location: Any = "cpu") -> Any:
+    """Load a checkpoint file safely (``weights_only=True`` + allow-list); ``trusted=True`` runs plain unpickling."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if trusted:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        with torch.serialization.safe_globals(checkpoint_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.findall(r"GLOBAL ([\w.]+)", str(exc))
+        what = f"it holds {', '.join(sorted(set(found)))}, which" if found else "it holds an object type that"
+        raise CheckpointError(
+            f"refusing to load {path}: {what} is not on the safe-load allow-list (weights_only=True). "
+            "Loading it would run arbitrary pickled code. If you trust where this file came from, load it with "
+            "load_checkpoint(path, trusted=True) or pass --trust-checkpoint to the entry scripts."
+        ) from exc
+    except (RuntimeError, EOFError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a torch checkpoint?): {exc}") from exc
+
+
+def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """Return the model state dict inside a checkpoint, with a leading ``module.`` removed from every key."""
+    sd = obj
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "module"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                sd = inner
+                break
+    if not isinstance(sd, Mapping) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        keys = list(obj.keys())[:10] if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(
+            f"no model state dict found (expected a dict of tensors, or one under 'state_dict'/'model'); got {keys}")
+    return collections.OrderedDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in sd.items())
+
+
+def _group(key: str) -> str:
+    parts = ["*" if p.isdigit() else p for p in key.split(".")]
+    return ".".join(parts[:-1][:3]) or parts[0]
+
+
+def _grouped(keys: Iterable[str], limit: int = 3) -> list[str]:
+    groups: dict[str, list[str]] = collections.defaultdict(list)
+    for k in keys:
+        groups[_group(k)].append(k)
+    lines = []
+    for prefix, members in sorted(groups.items()):
+        shown = ", ".join(members[:limit]) + (", ..." if len(members) > limit else "")
+        lines.append(f"    {prefix} ({len(members)}): {shown}")
+    return lines
+
+
+def state_dict_mismatch_report(module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Describe how ``state_dict`` differs from ``module``'s; empty when they match exactly."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in own.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    out = []
+    if missing:
+        out += [f"  missing keys ({len(missing)}), by prefix:", *_grouped(missing)]
+    if unexpected:
+        out += [f"  unexpected keys ({len(unexpected)}), by prefix:", *_grouped(unexpected)]
+    if shapes:
+        out += [f"  shape mismatches ({len(shapes)}):", *(f"    {s}" for s in shapes[:20])]
+        if len(shapes) > 20:
+            out.append(f"    ... and {len(shapes) - 20} more")
+    return "\n".join(out)
+
+
+def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """``module.load_state_dict(strict=True)`` with a readable, prefix-grouped report when the keys do not match."""
+    report = state_dict_mismatch_report(module, state_dict)
+    if report:
+        raise CheckpointError(f"checkpoint does not match {type(module).__name__}:\n{report}")
+    module.load_state_dict(state_dict, strict=True)
+
+
+# ------------------------------------------------------------------------------------------------ pickles
+
+_SAFE_BUILTINS = {"dict", "list", "tuple", "set", "frozenset", "str", "bytes", "bytearray", "int", "float",
+                  "complex", "bool", "slice", "range"}
+_SAFE_NUMPY = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Builds only plain containers, numbers, strings and numpy arrays; any other global is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "builtins" and name in _SAFE_BUILTINS:
+            return getattr(__import__("builtins"), name)
+        if module == "collections" and name in ("OrderedDict", "defaultdict"):
+            return getattr(collections, name)
+        if (module, name) in _SAFE_NUMPY or (module == "numpy.dtypes" and name.endswith("DType")):
+            import importlib
+
+            try:
+                return getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError):  # numpy 1.x pickle read by numpy 2.x or the reverse
+                alt = module.replace("numpy.core", "numpy._core") if ".core" in module and "_core" not in module \
+                    else module.replace("numpy._core", "numpy.core")
+                return getattr(importlib.import_module(alt), name)
+        raise pickle.UnpicklingError(
+            f"refusing to unpickle global '{module}.{name}': annotation pickles may only hold plain containers, "
+            "numbers, strings and numpy arrays")
+
+
+def safe_pickle_load(path: str | os.PathLike) -> Any:
+    """Read an annotation pickle (Ego4D metadata, EK100 relevancy) through ``RestrictedUnpickler``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pickle file not found: {path}")
+    with open(path, "rb") as f:
+        try:
+            return RestrictedUnpickler(f).load()
+        except pickle.UnpicklingError as exc:
+            raise pickle.UnpicklingError(f"{path}: {exc}") from exc

@@ -1,0 +1,298 @@
+"""The released video-mamba-suite egocentric model zoo: names -> files, download/cache, load.
+
+``resolve(x)`` turns a zoo name, a URL or a local path into a local file; ``load(x)`` returns the raw checkpoint dict
+(loaded safely through :func:`lavila.utils.checkpoint.load_checkpoint`); ``build_model_from_checkpoint`` builds the
+matching model with the right frame count and loads the weights.
+
+Zoo names are the released file names without ``.pt`` (``clip_timesformer_vanilla_base_ego4d4m_bs512_f4``). The
+upstream scripts' local file names (the same names without ``_ego4d4m``) are accepted as aliases.
+
+Fixed reference error: upstream ``docs/MODEL_ZOO.md`` links the ViViM-S row to ``deit_vit_small_ego4d4m_bs512_f16.pt``
+(the ViT-S file). Here ViViM-S is ``deit_vivim_small_ego4d4m_bs512_f16.pt``, the released naming pattern of the
+ViViM-T row applied to the file name the upstream infer script uses (``deit_vivim_small_bs512_f16.pt``), which is
+tried second when the first name is not on the hub.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+HF_REPO_ID = "cg1177/video-mamba-suite"
+HF_WEB_PREFIX = f"https://huggingface.co/{HF_REPO_ID}/blob/main/"
+HF_DOWNLOAD_PREFIX = f"https://huggingface.co/{HF_REPO_ID}/resolve/main/"
+ZOO_DIR_ENV = "LAVILA_ZOO_DIR"
+
+
+class ZooError(RuntimeError):
+    """A checkpoint that cannot be found, downloaded, verified or matched to a model."""
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str                      # released file name without ".pt"
+    model: str                     # upstream --model name (lavila.models registry)
+    num_frames: int
+    task: str                      # "pretrain" (zero-shot), "mir" (fine-tuned MIR) or "cls" (fine-tuned CLS)
+    arch: str                      # short label used in docs/MODEL_ZOO.md
+    pretrain_image: str            # "Pretrain-I" column
+    pretrain_video: str = "Ego4D-4M"
+    finetuned: str = "-"
+    num_classes: int | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    alternates: tuple[str, ...] = ()  # further file names tried on the hub, in order
+    sha256: str | None = None
+
+    @property
+    def filename(self) -> str:
+        return self.name + ".pt"
+
+    @property
+    def url(self) -> str:
+        return HF_DOWNLOAD_PREFIX + self.filename
+
+    @property
+    def local_alias(self) -> str:
+        """The file name the upstream Slurm scripts use for this checkpoint (no ``_ego4d4m``)."""
+        return self.name.replace("_ego4d4m", "")
+
+
+def _zs(mAP: float, ndcg: float, **extra: float) -> dict[str, float]:
+    return {"zs_mir_map": mAP, "zs_mir_ndcg": ndcg, **extra}
+
+
+_CLIP = "CLIP ViT-B/16"
+ZOO: tuple[ZooEntry, ...] = (
+    ZooEntry("clip_timesformer_vanilla_base_ego4d4m_bs512_f4", "CLIP_TimeSformerB16", 4, "pretrain",
+             "TimeSformer-B", _CLIP, metrics=_zs(25.5, 28.6, egoschema_acc=38.52)),
+    ZooEntry("clip_timesformer_frozen_base_ego4d4m_bs512_f4", "CLIP_FrozenInTime_TimeSformerB16", 4, "pretrain",
+             "TimeSformer-B (Frozen-in-Time)", _CLIP, metrics=_zs(26.0, 29.0)),
+    ZooEntry("clip_timemamba_vanilla_base_ego4d4m_bs512_f4", "CLIP_TimeMamba_like_timesformer", 4, "pretrain",
+             "TimeMamba-B", _CLIP, metrics=_zs(26.2, 29.2, egoschema_acc=38.70)),
+    ZooEntry("clip_timemamba_frozen_base_ego4d4m_bs512_f4", "CLIP_TimeMamba_like_frozen", 4, "pretrain",
+             "TimeMamba-B (Frozen-in-Time)", _CLIP, metrics=_zs(26.8, 29.5)),
+    ZooEntry("clip_timesformer_vanilla_base_ego4d4m_bs512_f4_ft_ek100_cls_f16", "CLIP_TimeSformerB16", 16, "cls",
+             "TimeSformer-B", _CLIP, finetuned="EK100 CLS", num_classes=3806,
+             metrics={"verb_top1": 65.2, "noun_top1": 55.0, "action_top1": 44.5, "action_top5": 62.4}),
+    ZooEntry("clip_timesformer_vanilla_base_ego4d4m_bs512_f4_ft_ek100_mir_f16", "CLIP_TimeSformerB16", 16, "mir",
+             "TimeSformer-B", _CLIP, finetuned="EK100 MIR", metrics={"ft_mir_map": 48.2, "ft_mir_ndcg": 62.7}),
+    ZooEntry("clip_timemamba_vanilla_base_ego4d4m_bs512_f4_ft_ek100_cls_f16", "CLIP_TimeMamba_like_timesformer", 16,
+             "cls", "TimeMamba-B", _CLIP, finetuned="EK100 CLS", num_classes=3806,
+             metrics={"verb_top1": 68.5, "noun_top1": 55.8, "action_top1": 46.1, "action_top5": 63.8}),
+    ZooEntry("clip_timemamba_vanilla_base_ego4d4m_bs512_f4_ft_ek100_mir_f16", "CLIP_TimeMamba_like_timesformer", 16,
+             "mir", "TimeMamba-B", _CLIP, finetuned="EK100 MIR", metrics={"ft_mir_map": 48.9, "ft_mir_ndcg": 64.6}),
+    ZooEntry("deit_vit_tiny_ego4d4m_bs512_f16", "CLIP_VITT16", 16, "pretrain", "ViT-T", "DeiT-T",
+             metrics=_zs(17.88, 24.31)),
+    ZooEntry("deit_vit_small_ego4d4m_bs512_f16", "CLIP_VITS16", 16, "pretrain", "ViT-S", "DeiT-S",
+             metrics=_zs(20.70, 25.90)),
+    ZooEntry("deit_vivim_tiny_ego4d4m_bs512_f16", "CLIP_ViViM_tiny", 16, "pretrain", "ViViM-T", "Vim-T",
+             metrics=_zs(20.26, 25.80)),
+    ZooEntry("deit_vivim_small_ego4d4m_bs512_f16", "CLIP_ViViM_small", 16, "pretrain", "ViViM-S", "Vim-S",
+             metrics=_zs(22.80, 26.70), alternates=("deit_vivim_small_bs512_f16.pt",)),
+)
+_BY_NAME: dict[str, ZooEntry] = {}
+for _e in ZOO:
+    _BY_NAME[_e.name] = _e
+    _BY_NAME[_e.local_alias] = _e
+
+
+def list_zoo() -> list[str]:
+    """The zoo names, in docs/MODEL_ZOO.md order."""
+    return [e.name for e in ZOO]
+
+
+def get_entry(name: str) -> ZooEntry | None:
+    """The zoo entry for a name, a released file name or an upstream local file name (with or without ``.pt``)."""
+    stem = os.path.basename(str(name))
+    if stem.endswith(".pt"):
+        stem = stem[:-3]
+    return _BY_NAME.get(stem)
+
+
+def default_zoo_dir() -> Path:
+    """Where files put there by hand are found: ``$LAVILA_ZOO_DIR`` or ``<torch hub dir>/checkpoints``."""
+    if os.environ.get(ZOO_DIR_ENV):
+        return Path(os.environ[ZOO_DIR_ENV]).expanduser()
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _is_url(text: str) -> bool:
+    return urllib.parse.urlparse(text).scheme in ("http", "https", "ftp", "file")
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify(path: Path, sha256: str | None) -> Path:
+    if sha256:
+        got = sha256_of(path)
+        if got.lower() != sha256.lower():
+            raise ZooError(f"checksum mismatch for {path}: sha256 {got}, expected {sha256}. The file is corrupt or "
+                           "not the expected checkpoint; delete it and download it again.")
+    return path
+
+
+def _hf_download(filename: str, cache_dir: str | os.PathLike | None) -> Path:
+    """One download attempt through huggingface_hub (its own cache makes a second call a cache hit)."""
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(repo_id=HF_REPO_ID, filename=filename,
+                                cache_dir=None if cache_dir is None else str(cache_dir)))
+
+
+def _url_download(url: str, dest: Path) -> Path:
+    import torch.hub
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    torch.hub.download_url_to_file(url, str(dest), progress=True)
+    return dest
+
+
+def _offline_error(what: str, urls: list[str], manual: Path, exc: BaseException) -> ZooError:
+    links = "\n".join(f"  {u}" for u in urls)
+    return ZooError(
+        f"could not download {what} ({type(exc).__name__}: {exc}).\n"
+        f"Download it by hand from\n{links}\nand put it at\n  {manual}\n"
+        f"(or set {ZOO_DIR_ENV} to the folder holding it, or pass the file's path instead of the name).")
+
+
+def _resolve_entry(entry: ZooEntry, cache_dir: str | os.PathLike | None) -> Path:
+    manual_dir = Path(cache_dir) if cache_dir is not None else default_zoo_dir()
+    names = [entry.filename, *entry.alternates]
+    for fname in names:  # files placed by hand win over the hub
+        if (manual_dir / fname).is_file():
+            return manual_dir / fname
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    last: BaseException | None = None
+    for fname in names:
+        try:
+            return _hf_download(fname, cache_dir)
+        except LocalEntryNotFoundError as exc:  # offline and not cached (a subclass of EntryNotFoundError)
+            raise _offline_error(f"zoo checkpoint '{entry.name}'", [HF_DOWNLOAD_PREFIX + f for f in names],
+                                 manual_dir / entry.filename, exc) from exc
+        except EntryNotFoundError as exc:  # the hub answered "no such file": try the next file name
+            last = exc
+        except Exception as exc:  # offline, DNS, proxy, HTTP 5xx ...
+            raise _offline_error(f"zoo checkpoint '{entry.name}'", [HF_DOWNLOAD_PREFIX + f for f in names],
+                                 manual_dir / entry.filename, exc) from exc
+    raise ZooError(f"zoo checkpoint '{entry.name}': none of {names} exists on the hub repo {HF_REPO_ID} "
+                   f"({last}). Download it by hand and pass its path.")
+
+
+def resolve(name_or_path_or_url: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+            sha256: str | None = None) -> Path:
+    """A local file for a path (used as is), a zoo name (hub download, cached) or a URL (torch hub cache)."""
+    text = os.fspath(name_or_path_or_url)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return _verify(path, sha256)
+    entry = get_entry(text) if not _is_url(text) else None
+    if entry is not None and (os.sep not in text or text == entry.filename):
+        return _verify(_resolve_entry(entry, cache_dir), sha256 or entry.sha256)
+    if _is_url(text):
+        if text.startswith("file://"):
+            local = Path(urllib.parse.urlparse(text).path)
+            if not local.is_file():
+                raise ZooError(f"checkpoint not found: {local} (from {text})")
+            return _verify(local, sha256)
+        dest = (Path(cache_dir) if cache_dir is not None else default_zoo_dir()) / os.path.basename(
+            urllib.parse.urlparse(text).path)
+        if dest.is_file():
+            return _verify(dest, sha256)
+        try:
+            return _verify(_url_download(text, dest), sha256)
+        except ZooError:
+            raise
+        except Exception as exc:
+            raise _offline_error(f"checkpoint {text}", [text], dest, exc) from exc
+    raise ZooError(f"checkpoint not found: '{text}' is not an existing file, a zoo name or a URL. "
+                   f"Zoo names: {', '.join(list_zoo())} (see docs/MODEL_ZOO.md).")
+
+
+def load(name_or_path_or_url: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+         sha256: str | None = None) -> dict:
+    """The raw checkpoint dict (``state_dict``, ``args`` ...) of a zoo name, URL or path, loaded safely."""
+    from lavila.utils.checkpoint import load_checkpoint
+
+    return load_checkpoint(resolve(name_or_path_or_url, cache_dir=cache_dir, sha256=sha256))
+
+
+# ---- building a model from a checkpoint ---------------------------------------------------------------------------
+
+def checkpoint_args(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint's ``args`` as a dict: a Namespace in released files, a dict in this project's."""
+    args = ckpt.get("args")
+    if args is None:
+        return {}
+    if isinstance(args, argparse.Namespace):
+        return dict(vars(args))
+    if isinstance(args, Mapping):
+        return dict(args)
+    return {k: getattr(args, k) for k in dir(args) if not k.startswith("_")}
+
+
+def _state_dict_of(ckpt: Mapping[str, Any]) -> Mapping[str, Any]:
+    for key in ("state_dict", "model"):
+        if isinstance(ckpt.get(key), Mapping):
+            return ckpt[key]
+    return ckpt
+
+
+def frames_from_state_dict(state_dict: Mapping[str, Any]) -> int | None:
+    """Frame count from the temporal embedding: ``temporal_embed [1,T,D]``, ``temporal_embedding [T,D]``/``[T,1,D]``."""
+    for key, value in state_dict.items():
+        name = key.removeprefix("module.")
+        shape = tuple(getattr(value, "shape", ()))
+        if name == "visual.temporal_embed" and len(shape) == 3:
+            return int(shape[1])
+        if name == "visual.temporal_embedding" and len(shape) in (2, 3):
+            return int(shape[0])
+    return None
+
+
+def infer_model_spec(ckpt: Mapping[str, Any], entry: ZooEntry | None = None) -> dict[str, Any]:
+    """``{"model", "num_frames", "num_classes"}`` for a checkpoint (args first, then the zoo entry, then the keys)."""
+    args = checkpoint_args(ckpt)
+    state_dict = _state_dict_of(ckpt)
+    model = args.get("model") or (entry.model if entry else None)
+    frames = args.get("clip_length") or frames_from_state_dict(state_dict) or (entry.num_frames if entry else None)
+    num_classes = None
+    for key, value in state_dict.items():
+        if key.removeprefix("module.") == "fc_cls.weight":
+            num_classes = int(value.shape[0])
+    if num_classes is None and entry is not None:
+        num_classes = entry.num_classes
+    if not model:
+        raise ZooError("the checkpoint's args name no model (CLS checkpoints only keep the pretrain checkpoint's "
+                       "path); pass model=<name>, e.g. CLIP_TimeSformerB16")
+    return {"model": str(model), "num_frames": int(frames) if frames else None, "num_classes": num_classes}
+
+
+def build_model_from_checkpoint(name_or_path_or_url: str | os.PathLike | Mapping[str, Any], model: str | None = None,
+                                num_frames: int | None = None, cache_dir: str | os.PathLike | None = None,
+                                **overrides: Any):
+    """Build the checkpoint's model (CLIP or VideoClassifier) with its frame count and load its weights strictly.
+
+    The model name comes from ``model``, else the checkpoint's ``args.model``, else the zoo entry (released CLS files
+    keep no model name). ``num_frames`` different from the checkpoint's resizes the temporal embedding.
+    """
+    from lavila.models.convert import build_from_released_checkpoint
+
+    if isinstance(name_or_path_or_url, Mapping):
+        ckpt, entry = name_or_path_or_url, None
+    else:
+        ckpt, entry = load(name_or_path_or_url, cache_dir=cache_dir), get_entry(os.fspath(name_or_path_or_url))
+    spec = infer_model_spec(ckpt, entry) if model is None else {"model": model}
+    return build_from_released_checkpoint(ckpt, num_frames=num_frames, model_name=spec["model"], **overrides)

@@ -1,0 +1,40 @@
+"""Shared by tests/test_engines_*.py: a small generated dataset (once per session) and tiny-model flags."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY_MODEL = ["--model", "CLIP_TimeSformerB16", "--model-overrides", "embed_dim=32", "depth=1", "num_heads=2",
+              "text_width=32", "text_layers=1", "text_heads=2", "project_embed_dim=16", "--input-size", "32",
+              "--clip-length", "2", "--workers", "0", "--pretrain-zoo", "none", "--device", "cpu"]
+
+
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generate (once per pytest session) a small dataset in the real Ego4D / EK100 layouts."""
+    root = tmp_path_factory.getbasetemp() / "lavila_synthetic"
+    if not (root / "manifest.json").is_file():
+        from lavila.data.synthetic import generate
+
+        generate(root, seed=0, ego4d_videos=2, ek100_train_videos=2, ek100_test_videos=1, egoschema_questions=1)
+    return root
+
+
+def paths(root: Path) -> dict[str, str]:
+    ann = root / "ek100" / "epic-kitchens-100-annotations"
+    ret = ann / "retrieval_annotations"
+    return {"ego4d_root": str(root / "ego4d" / "videos"), "ego4d_meta": str(root / "ego4d" / "ego4d_train.pkl"),
+            "ek_root": str(root / "ek100" / "videos"), "mir_train": str(ret / "EPIC_100_retrieval_train.csv"),
+            "mir_test": str(ret / "EPIC_100_retrieval_test.csv"), "cls_train": str(ann / "EPIC_100_train.csv"),
+            "cls_val": str(ann / "EPIC_100_validation.csv")}
+
+
+def pretrain_args(root: Path, out: Path, *extra: str) -> list[str]:
+    p = paths(root)
+    return ["--root", p["ego4d_root"], "--train-metadata", p["ego4d_meta"], "--output-dir", str(out), *TINY_MODEL,
+            *extra]
+
+
+def state_dicts_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,166 @@
+"""Pretraining engine end to end on generated data with a tiny model (CPU)."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from engine_helpers import paths, pretrain_args, state_dicts_equal, synthetic_root
+
+from lavila.train.loop import CHECKPOINT, PreemptionFlag, run
+from lavila.train.pretrain import PretrainEngine
+from lavila.utils.checkpoint import load_checkpoint
+from lavila.utils.logging import read_metrics
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return synthetic_root(tmp_path_factory)
+
+
+def _val(data) -> list[str]:
+    p = paths(data)
+    return ["--root-val", p["ek_root"], "--val-metadata", p["mir_test"]]
+
+
+def test_pretrain_loss_decreases_saves_and_evaluate_reproduces(data, tmp_path):
+    out = tmp_path / "run"
+    argv = pretrain_args(data, out, "--batch-size", "4", "--epochs", "4", "--eval-freq", "4", "--fix-lr",
+                         "--lr", "2e-3", *_val(data))
+    summary = run(PretrainEngine(), argv)
+    assert summary["status"] == "finished"
+    losses = [r["loss"] for r in read_metrics(out, "step")]
+    assert len(losses) == 16  # 19 clips // 4 = 4 steps x 4 epochs
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.2, losses
+    assert (out / CHECKPOINT).is_file() and (out / "checkpoint_best.pt").is_file()
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["batch_size"] == 4 and config["model"] == "CLIP_TimeSformerB16"
+
+    ckpt = load_checkpoint(out / CHECKPOINT)  # weights_only: args is a plain dict
+    assert isinstance(ckpt["args"], dict) and ckpt["epoch"] == 4 and ckpt["model_config"]["embed_dim"] == 32
+    reported = summary["metrics"]["avg_map"]
+    assert ckpt["best_acc1"] == pytest.approx(reported)
+
+    p = paths(data)
+    evaluated = run(PretrainEngine(), ["--evaluate", "--resume", str(out / CHECKPOINT), "--output-dir",
+                                       str(tmp_path / "eval"), "--input-size", "32", "--clip-length", "2",
+                                       "--workers", "0", "--device", "cpu", "--batch-size", "3", *_val(data)])
+    assert evaluated["status"] == "evaluated"
+    assert evaluated["metrics"] == pytest.approx(summary["metrics"], abs=1e-6)
+    assert p  # paths used above
+
+
+def test_pretrain_without_eval_data_trains(data, tmp_path):
+    summary = run(PretrainEngine(), pretrain_args(data, tmp_path, "--batch-size", "8", "--epochs", "1"))
+    assert summary["status"] == "finished" and summary["metrics"] == {}
+
+
+RESUME_ARGS = ("--batch-size", "8", "--epochs", "2", "--lr", "1e-3", "--warmup-epochs", "1")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    assert run(PretrainEngine(), pretrain_args(data, out, *RESUME_ARGS))["status"] == "finished"
+    return load_checkpoint(out / CHECKPOINT)
+
+
+def test_resume_after_epoch_is_bit_identical(data, tmp_path, uninterrupted):
+    first = run(PretrainEngine(), pretrain_args(data, tmp_path, *RESUME_ARGS), stop_after_epochs=1)
+    assert first["status"] == "stopped"
+    assert load_checkpoint(tmp_path / CHECKPOINT)["epoch"] == 1
+    second = run(PretrainEngine(), pretrain_args(data, tmp_path, *RESUME_ARGS))  # auto-resume
+    assert second["status"] == "finished"
+    resumed = load_checkpoint(tmp_path / CHECKPOINT)
+    assert state_dicts_equal(uninterrupted["state_dict"], resumed["state_dict"])
+    assert uninterrupted["global_step"] == resumed["global_step"] == 4
+
+
+class _StopAt(PreemptionFlag):
+    """Pretends a SIGTERM arrives after ``n`` optimiser steps."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n, self.reads = n, 0
+
+    @property
+    def signal(self):  # read once per optimiser step by the loop
+        self.reads += 1
+        return 15 if self.reads == self.n else None
+
+    @signal.setter
+    def signal(self, value):
+        pass
+
+
+def test_preemption_mid_epoch_saves_and_resumes_bit_identical(data, tmp_path, uninterrupted):
+    stopped = run(PretrainEngine(), pretrain_args(data, tmp_path, *RESUME_ARGS), preemption=_StopAt(3))
+    assert stopped["status"] == "preempted" and stopped["epoch"] == 1 and stopped["step_in_epoch"] == 1
+    assert load_checkpoint(tmp_path / CHECKPOINT)["step_in_epoch"] == 1
+    resumed = run(PretrainEngine(), pretrain_args(data, tmp_path, *RESUME_ARGS))
+    assert resumed["status"] == "finished"
+    assert state_dicts_equal(uninterrupted["state_dict"], load_checkpoint(tmp_path / CHECKPOINT)["state_dict"])
+
+
+def test_signal_handler_sets_flag():
+    import signal
+
+    flag = PreemptionFlag()
+    flag.install()
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert flag.signal == signal.SIGUSR1
+    finally:
+        flag.uninstall()
+
+
+class _DivergingEngine(PretrainEngine):
+    calls = 0
+
+    def train_step(self, *a, **k):
+        out = super().train_step(*a, **k)
+        self.calls += 1
+        if self.calls == 3:
+            out["loss"] = out["loss"] * float("inf")
+        return out
+
+
+def test_non_finite_loss_stops_naming_the_step(data, tmp_path):
+    from lavila.train.loop import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError, match=r"epoch 0, step 2 \(optimiser step 3\)"):
+        run(_DivergingEngine(), pretrain_args(data, tmp_path, "--batch-size", "4", "--epochs", "1"))
+
+
+def test_missing_data_is_a_clear_error_before_the_model(tmp_path):
+    from lavila.train.loop import TrainingError
+
+    with pytest.raises(TrainingError, match="--root"):
+        run(PretrainEngine(), ["--output-dir", str(tmp_path), "--device", "cpu"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow  # ~25 s: two fresh interpreters
+def test_torchrun_two_processes_match_one_process_at_step_1(data, tmp_path, repo_root):
+    common = ("--epochs", "1", "--fix-lr", "--lr", "1e-3")
+    run(PretrainEngine(), pretrain_args(data, tmp_path / "one", "--batch-size", "4", *common))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo_root)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), str(repo_root / "main_pretrain.py"),
+           *pretrain_args(data, tmp_path / "two", "--batch-size", "2", *common)]
+    proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    one = read_metrics(tmp_path / "one", "step")[0]
+    two = read_metrics(tmp_path / "two", "step")[0]
+    assert one["step"] == two["step"] == 1
+    assert two["loss"] == pytest.approx(one["loss"], abs=1e-5)
+    assert torch.isfinite(torch.tensor(two["loss"]))

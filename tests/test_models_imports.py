@@ -1,0 +1,35 @@
+"""Importing and building every model on CPU pulls in no CUDA-only package."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+FORBIDDEN = ("flash_attn", "mamba_ssm", "causal_conv1d", "triton", "selective_scan_cuda", "causal_conv1d_cuda")
+
+SCRIPT = f"""
+import sys
+import torch
+import lavila.models
+from lavila.models import clip, convert, layers, registry, text, timesformer, vit, vivim, create_model
+tiny = dict(embed_dim=32, depth=1, num_heads=2, img_size=32, num_frames=2, project_embed_dim=8, text_width=32,
+            text_layers=1, text_heads=2, vocab_size=50, context_length=8)
+for name in ["CLIP_TimeSformerB16", "CLIP_TimeMamba_like_frozen", "CLIP_VITT16", "CLIP_ViViM_tiny_hs4"]:
+    model = create_model(name, **tiny)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 2, 32, 32), torch.randint(0, 50, (1, 8)))
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in {FORBIDDEN!r})
+print("LOADED:", loaded)
+sys.exit(1 if loaded else 0)
+"""
+
+
+def test_no_cuda_only_imports_when_importing_building_and_running():
+    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "LOADED: []" in result.stdout
+
+
+def test_public_api():
+    import lavila.models as models
+
+    assert set(models.__all__) == {"CLIP", "VideoClassifier", "create_model", "get_model_config", "list_models"}
