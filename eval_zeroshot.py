@@ -220,7 +220,7 @@ def run_egoschema(args: argparse.Namespace, model: torch.nn.Module, info: dict[s
 # ---- main -------------------------------------------------------------------------------------------------------
 
 def _table(results: dict[str, dict[str, float]]) -> str:
-    lines = [f"{'task':<10} {'metric':<14} {'value':>10}", "-" * 36]
+    lines = ["(MIR and EgoSchema: fractions; CLS: percent)", f"{'task':<10} {'metric':<14} {'value':>10}", "-" * 36]
     for task, metrics in results.items():
         for key, value in metrics.items():
             shown = f"{value:.4f}" if isinstance(value, float) else str(value)

@@ -28,8 +28,11 @@ HF_DOWNLOAD_PREFIX = f"https://huggingface.co/{HF_REPO_ID}/resolve/main/"
 ZOO_DIR_ENV = "LAVILA_ZOO_DIR"
 
 
-class ZooError(RuntimeError):
-    """A checkpoint that cannot be found, downloaded, verified or matched to a model."""
+class ZooError(FileNotFoundError):
+    """A checkpoint that cannot be found, downloaded, verified or matched to a model.
+
+    A FileNotFoundError so that the engines' "checkpoint not available" handling reports it as one clear line.
+    """
 
 
 @dataclass(frozen=True)

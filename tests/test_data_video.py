@@ -100,6 +100,12 @@ def test_whole_video_mode_samples_uniformly(tmp_path):
     assert [int(round(f[..., 1].mean() / 5)) for f in frames] == [6, 18, 30, 42]
 
 
+def test_single_file_layouts_including_participant_folder(tmp_path):
+    write_video(tmp_path / "P01" / "P01_01.MP4", solid(BLUE, 30), 10.0)
+    frames = load_clip(tmp_path, "P01_01", 0.5, 2.5, 2, chunk_len=0)
+    assert [dominant(f) for f in frames] == ["blue", "blue"]
+
+
 def test_backends_agree(tmp_path):
     if not decord_available():
         pytest.skip("decord not installed")

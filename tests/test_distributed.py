@@ -51,6 +51,17 @@ def _worker(rank: int, world: int, port: int) -> None:
             torch.testing.assert_close(du.all_reduce_mean(p.grad), ref_p.grad, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(x.grad / world, ref_x.grad[rank * 4:(rank + 1) * 4], rtol=1e-5, atol=1e-5)
 
+        # ranks holding different batch sizes (a batch that lost unreadable samples): rank 0 has 3 rows, rank 1 has 5
+        sizes = [3, 5]
+        start = sum(sizes[:rank])
+        y = data[start:start + sizes[rank]].clone().requires_grad_(True)
+        g = du.all_gather_with_grad(y * 2)
+        torch.testing.assert_close(g, data[:8] * 2)
+        _loss(g).backward()
+        ref_y = data[:8].clone().requires_grad_(True)
+        _loss(ref_y * 2).backward()
+        torch.testing.assert_close(y.grad / world, ref_y.grad[start:start + sizes[rank]], rtol=1e-5, atol=1e-5)
+
         # no-grad gather with uneven shards keeps rank order
         part = torch.full((rank + 1, 2), float(rank))
         assert du.all_gather(part).tolist() == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
@@ -62,13 +73,22 @@ def _worker(rank: int, world: int, port: int) -> None:
 
 
 def test_two_process_gloo_gather_matches_single_process():
+    saved = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     # fork avoids re-importing torch in each child (spawn costs ~10 s on a busy 2-core machine)
-    mp.start_processes(_worker, args=(2, _free_port()), nprocs=2, join=True, start_method="fork")
+    try:
+        mp.start_processes(_worker, args=(2, _free_port()), nprocs=2, join=True, start_method="fork")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def test_single_process_without_env(monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
-        monkeypatch.delenv(k, raising=False)
+        monkeypatch.setenv(k, "x")
+        monkeypatch.delenv(k)
     info = du.init_distributed(device="cpu")
     assert (info.rank, info.world_size, info.distributed, info.device.type) == (0, 1, False, "cpu")
     x = torch.randn(3, 2, requires_grad=True)
@@ -96,8 +116,11 @@ def test_expand_slurm_nodelist(nodelist, hosts):
 
 
 def test_slurm_env_exports_torchrun_variables(monkeypatch):
+    # setenv first so that monkeypatch restores (removes) the variables _env_from_slurm exports; a leaked RANK /
+    # WORLD_SIZE would make later tests wait for peers that never come
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(k, raising=False)
+        monkeypatch.setenv(k, "x")
+        monkeypatch.delenv(k)
     monkeypatch.setenv("PATH", "/nonexistent")  # no scontrol: the built-in parser is used
     monkeypatch.setenv("SLURM_PROCID", "3")
     monkeypatch.setenv("SLURM_NTASKS", "4")
@@ -112,7 +135,8 @@ def test_slurm_env_exports_torchrun_variables(monkeypatch):
 
 def test_single_task_slurm_is_single_process(monkeypatch):
     for k in ("RANK", "WORLD_SIZE"):
-        monkeypatch.delenv(k, raising=False)
+        monkeypatch.setenv(k, "x")
+        monkeypatch.delenv(k)
     monkeypatch.setenv("SLURM_PROCID", "0")
     monkeypatch.setenv("SLURM_NTASKS", "1")
     info = du.init_distributed(device="cpu")

@@ -163,7 +163,7 @@ def single_process_run(synthetic, tiny_checkpoint, tmp_path_factory):
     return out
 
 
-def test_eval_zeroshot_prints_and_saves_all_three(single_process_run, capsys):
+def test_eval_zeroshot_prints_and_saves_all_three(single_process_run, synthetic):
     metrics = json.loads((single_process_run / "zeroshot_metrics.json").read_text())
     assert set(metrics["mir"]) == {"vis_map", "txt_map", "avg_map", "vis_ndcg", "txt_ndcg", "avg_ndcg"}
     assert all(0 < v <= 1 for v in metrics["mir"].values())
@@ -171,9 +171,10 @@ def test_eval_zeroshot_prints_and_saves_all_three(single_process_run, capsys):
     assert metrics["egoschema"]["questions"] == 3 and 0 <= metrics["egoschema"]["accuracy"] <= 1
     assert metrics["num_frames"] == 2 and metrics["crop"] == 32  # from the checkpoint's stored config
     sim = np.load(single_process_run / "mir_similarity.npy")
-    sentences = pd.read_csv(next((single_process_run.parent).glob("zs_data*/ek100/*/retrieval_annotations/"
-                                                                   "EPIC_100_retrieval_test_sentence.csv")))
-    assert sim.shape[1] == len(sentences)
+    ret = synthetic / "ek100" / "epic-kitchens-100-annotations" / "retrieval_annotations"
+    clips = pd.read_csv(ret / "EPIC_100_retrieval_test.csv")
+    sentences = pd.read_csv(ret / "EPIC_100_retrieval_test_sentence.csv")
+    assert sim.shape == (len(clips), len(sentences))
     submission = json.loads(next(single_process_run.glob("egoschema_predictions_f2.json")).read_text())
     assert len(submission) == 3 and all(0 <= v < 5 for v in submission.values())
 

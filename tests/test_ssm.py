@@ -213,14 +213,15 @@ def test_cpu_kernel_threads_agree(monkeypatch):
     inputs = {k: v.float() for k, v in make_inputs(b=2, d=64, n=16, length=300, seed=8).items()}
     opts = dict(D=True, z=True, delta_bias=True, delta_softplus=True)
     prev = torch.get_num_threads()
+    monkeypatch.setattr(ssm_cpu, "_PARALLEL_MIN_WORK", 0)
     try:
         torch.set_num_threads(1)
         y1, g1 = values_and_grads(selective_scan_cpu, inputs, opts)
         torch.set_num_threads(2)
+        assert len(ssm_cpu._ranges(64, 2 * 64 * 300 * 16)) == 8
         y2, g2 = values_and_grads(selective_scan_cpu, inputs, opts)
     finally:
         torch.set_num_threads(prev)
-    assert len(ssm_cpu._ranges(64, 2 * 64 * 300 * 16)) == min(2, 64)
     torch.testing.assert_close(y1, y2, atol=0, rtol=0)
     for k in g1:
         torch.testing.assert_close(g1[k], g2[k], atol=1e-5, rtol=1e-5)

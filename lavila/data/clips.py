@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from lavila.data.loader import SkipTracker
 from lavila.data.tokenizer import get_tokenizer
 from lavila.data.transforms import VideoTransform
-from lavila.data.video import BACKENDS, VideoDecodeError, load_clip, load_frames, video_path_key
+from lavila.data.video import BACKENDS, VideoDecodeError, load_clip, load_frames, probe_frame_size, video_path_key
 
 __all__ = ["ClipDataset"]
 
@@ -46,16 +46,21 @@ class ClipDataset(Dataset):
         self._frame_sizes: dict[str, tuple[int, int]] = {}
         get_tokenizer()  # build once here so forked DataLoader workers inherit it
 
-    def _decode(self, key: str, load) -> torch.Tensor:
-        # Once a video's frame size is known, the resize is fused into decoding (CropPlan): same crop, no
-        # separate resize pass. The first clip of a video is decoded at full size and cropped + resized.
+    def _decode(self, key: str, load, probe) -> torch.Tensor:
+        # The resize is fused into decoding (CropPlan: same crop, no separate resize pass) once the frame size of
+        # the video is known; it is read from the file header on first use (cached per worker).
         size = self._frame_sizes.get(key) if self.fused_resize else None
+        if size is None and self.fused_resize:
+            try:
+                size = probe()
+            except Exception:  # noqa: BLE001 - the plain path below reports the problem with its path
+                size = None
+            if size is not None:
+                if len(self._frame_sizes) > 100_000:
+                    self._frame_sizes.clear()
+                self._frame_sizes[key] = size
         if size is None:
-            frames = load(None)
-            if len(self._frame_sizes) > 100_000:
-                self._frame_sizes.clear()
-            self._frame_sizes[key] = tuple(frames.shape[1:3])
-            return self.transform(frames)
+            return self.transform(load(None))
         plan = self.transform.plan(*size)
         return self.transform.apply_plan(load((plan.scaled_h, plan.scaled_w)), plan)
 
@@ -64,13 +69,15 @@ class ClipDataset(Dataset):
         key = video_path_key(self.root, video_id, self.chunk_len)
         return self._decode(key, lambda size: load_clip(
             self.root, video_id, start, end, self.num_frames, self.chunk_len, jitter=self.is_training,
-            backend=self.backend, threads=self.decode_threads, size=size))
+            backend=self.backend, threads=self.decode_threads, size=size),
+            lambda: probe_frame_size(self.root, video_id, self.chunk_len))
 
     def load_video_file(self, path: str) -> torch.Tensor:
         """(3, T, S, S) frames sampled uniformly over the whole file."""
+        folder, name = os.path.split(path)
         return self._decode(path, lambda size: load_frames(
             path, self.num_frames, 0.0, None, jitter=self.is_training, backend=self.backend,
-            threads=self.decode_threads, size=size))
+            threads=self.decode_threads, size=size), lambda: probe_frame_size(folder, name, 0))
 
     def failed(self, where: str, exc: Exception) -> None:
         """Handle a sample that could not be read: record + return None (skip) or raise naming the path."""

@@ -97,9 +97,14 @@ class NormalizeVideo(nn.Module):
         self.register_buffer("inv_std", 1.0 / torch.tensor(std).view(3, 1, 1, 1), persistent=False)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        if not video.is_floating_point():
-            video = video.float()
+        if not video.is_floating_point():  # the float copy is new memory: normalise it in place
+            return video.float().sub_(self.mean).mul_(self.inv_std)
         return (video - self.mean) * self.inv_std
+
+
+def _thwc_to_cthw(video: torch.Tensor) -> torch.Tensor:
+    """Contiguous (3, T, H, W) copy of a (T, H, W, 3) uint8 tensor (numpy's transpose copy is ~5x faster here)."""
+    return torch.from_numpy(np.ascontiguousarray(video.numpy().transpose(3, 0, 1, 2)))
 
 
 class VideoTransform:
@@ -127,13 +132,13 @@ class VideoTransform:
         else:
             side = min(height, width)
             top, left, h, w = (height - side) // 2, (width - side) // 2, side, side
-        crop = video[:, top:top + h, left:left + w].permute(0, 3, 1, 2)  # (T, 3, h, w)
+        crop = video[:, top:top + h, left:left + w]
         if (h, w) != (self.crop_size, self.crop_size):
-            crop = TF.resize(crop.contiguous(), [self.crop_size, self.crop_size], antialias=True)
-        crop = crop.permute(1, 0, 2, 3)  # (3, T, S, S)
-        if self.output == "uint8":
-            return crop.contiguous()
-        return self.normalize(crop).contiguous()
+            crop = TF.resize(crop.permute(0, 3, 1, 2), [self.crop_size, self.crop_size], antialias=True)
+            crop = crop.transpose(0, 1).contiguous()  # (T, 3, S, S) -> (3, T, S, S)
+        else:
+            crop = _thwc_to_cthw(crop)
+        return crop if self.output == "uint8" else self.normalize(crop)
 
     def plan(self, height: int, width: int, generator: torch.Generator | None = None) -> CropPlan:
         """The crop of a clip of (height, width) frames expressed as decode-time scaling + an S x S cut."""
@@ -154,10 +159,8 @@ class VideoTransform:
         if tuple(video.shape[1:3]) != (plan.scaled_h, plan.scaled_w) or video.dtype != torch.uint8:
             raise ValueError(f"frames of shape {tuple(video.shape)} do not match the crop plan {plan}")
         s = self.crop_size
-        crop = video[:, plan.top:plan.top + s, plan.left:plan.left + s].permute(3, 0, 1, 2)  # (3, T, S, S)
-        if self.output == "uint8":
-            return crop.contiguous()
-        return self.normalize(crop).contiguous()
+        crop = _thwc_to_cthw(video[:, plan.top:plan.top + s, plan.left:plan.left + s])
+        return crop if self.output == "uint8" else self.normalize(crop)
 
     def __repr__(self) -> str:
         mode = "RandomResizedCrop" if self.is_training else "CenterCrop"

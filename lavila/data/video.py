@@ -14,7 +14,8 @@ Layouts (detected from what is on disk):
 * chunked (``chunk_len > 0``): ``root/<video_id>/<name>.mp4`` 15-s pieces named by zero-padded chunk index
   (``0000.mp4``, ``0001.mp4``: video-mamba-suite) or by start second (``0.mp4``, ``15.mp4``: LaViLa); the folder may
   also be ``root/<video_id>.mp4/`` (LaViLa's Ego4D layout). A clip straddling a boundary reads from both chunks.
-* single file (``chunk_len <= 0``): ``root/<video_id>.mp4`` (or ``.MP4``); ``end=None`` means the whole video
+* single file (``chunk_len <= 0``): ``root/<video_id>.mp4`` (or ``.MP4``, or LaViLa's EK100
+  ``root/P01/P01_01.MP4``); ``end=None`` means the whole video
   (EgoSchema).
 
 Frame ids are the segment midpoints of the reference (``get_frame_ids``); times are converted with the fps read
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 
 __all__ = ["VideoDecodeError", "get_frame_ids", "open_video", "load_clip", "load_frames", "find_chunk_layout",
-           "decord_available", "video_path_key", "DEFAULT_FPS"]
+           "decord_available", "video_path_key", "probe_frame_size", "DEFAULT_FPS"]
 
 log = logging.getLogger(__name__)
 DEFAULT_FPS = 30.0
@@ -117,9 +118,10 @@ class _PyAVReader:
         wanted = {max(i, 0) for i in ids}
         last = max(wanted)
         stream = self._container.streams.video[0]
-        stream.thread_count = self._threads
         if self._used:
             self._container.seek(0)
+        else:
+            stream.thread_count = self._threads
         self._used = True
         decoded: dict[int, np.ndarray] = {}
         previous = None
@@ -260,10 +262,13 @@ def _video_dir(root: str, video_id: str) -> str:
 
 
 def _single_file(root: str, video_id: str) -> str:
-    for ext in ("", ".mp4", ".MP4", ".mkv", ".webm"):
-        cand = os.path.join(root, video_id + ext)
-        if os.path.isfile(cand):
-            return cand
+    # root/<id>.mp4, or LaViLa's EK100 layout root/<participant>/<id>.MP4 (P01/P01_01.MP4)
+    folders = [root] + ([os.path.join(root, video_id.split("_")[0])] if "_" in video_id else [])
+    for folder in folders:
+        for ext in ("", ".mp4", ".MP4", ".mkv", ".webm"):
+            cand = os.path.join(folder, video_id + ext)
+            if os.path.isfile(cand):
+                return cand
     raise VideoDecodeError(os.path.join(root, video_id + ".mp4"), "file not found (check --root, and "
                            "--chunk-len: use 15 for folders of 15-s chunks, 0 for one file per video)")
 
@@ -272,6 +277,19 @@ def video_path_key(root: str | os.PathLike, video_id: str, chunk_len: float) -> 
     """The folder (chunked) or file (single) holding ``video_id``; all its frames share one size."""
     root = str(root)
     return _video_dir(root, video_id) if chunk_len > 0 else _single_file(root, video_id)
+
+
+def probe_frame_size(root: str | os.PathLike, video_id: str, chunk_len: float) -> tuple[int, int]:
+    """(height, width) of ``video_id`` from its first file's header (PyAV, ~2 ms; no frame is decoded)."""
+    import av
+
+    key = video_path_key(root, video_id, chunk_len)
+    if chunk_len > 0:
+        naming, present = find_chunk_layout(key, chunk_len)
+        key = _chunk_file(key, present[0], naming, chunk_len)
+    with av.open(key) as container:
+        stream = container.streams.video[0]
+        return int(stream.codec_context.height), int(stream.codec_context.width)
 
 
 def load_frames(path: str | os.PathLike, num_frames: int, start: float = 0.0, end: float | None = None,

@@ -23,18 +23,20 @@ Conventions (documented choices):
 * Relevancy must be finite and non-negative and similarity finite; anything else raises ``ValueError``.
 
 Algorithm: only items of non-zero relevancy (about 11 % of the real EK100 test matrix) contribute to either metric.
-Each query row is sorted once as packed 64-bit integer keys (order-preserving bits of the float32 similarity, then the
-item index, then a "non-zero relevancy" flag bit), which gives the exact stable descending order including ties; the
-flagged positions of the sorted rows are the ranks of the items that matter, in rank order. The graded cumulative
-relevancy is then a segmented cumsum over those items only, and all per-query sums are ``bincount`` reductions.
-Rows are processed in chunks (bounded memory, ~0.5 GB extra at 9,668 x 3,842) on a small thread pool (NumPy releases
-the GIL while sorting). Non-float32 similarities that float32 cannot hold exactly use a stable ``argsort`` instead
-(same results, slower). No Python loop over rows, no dense index or divisor matrices.
+Each query row is sorted once, as 32-bit integer keys: the top 31 bits of the order-preserving integer of the float32
+similarity and a "non-zero relevancy" flag bit. The flagged positions of a sorted row are the ranks of the items that
+matter; they are paired with those items by a small sort of the flagged items alone. An item whose 31-bit key is
+shared by a neighbour (an exact tie, or floats one unit apart) gets its exact rank by direct comparison with its row;
+a chunk with very many of them (e.g. constant scores) sorts 64-bit keys (value, item index, flag) instead, which is
+exact by construction. The graded cumulative relevancy is a segmented cumsum over the flagged items only, and every
+per-query sum is a ``bincount``. Rows are processed in chunks (bounded memory: a few hundred MB at 9,668 x 3,842);
+with two or more threads the two directions run in parallel (NumPy releases the GIL while sorting). Similarities
+that float32 cannot hold exactly (float64 data) use a stable ``argsort`` per chunk instead (same results, slower).
+No Python loop over rows, no dense (N x M) index or divisor matrices.
 """
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,8 +47,8 @@ import torch
 
 __all__ = ["mir_metrics", "mean_average_precision", "ndcg", "retrieval_scores"]
 
-_CHUNK_ELEMENTS = 1 << 21  # similarity entries per chunk (16 MiB of int64 keys)
-_LITTLE_ENDIAN = sys.byteorder == "little"
+_CHUNK_ELEMENTS = 1 << 21  # similarity entries per chunk (8 MiB of int32 keys)
+_MAX_FIXUPS_PER_ROW = 2  # more exact-rank fix-ups per row than this: the chunk takes the 64-bit sort instead
 
 
 def _as_numpy(x: Any, name: str) -> np.ndarray:
@@ -81,7 +83,7 @@ def _check_inputs(similarity: Any, relevancy: Any) -> tuple[np.ndarray, np.ndarr
         as32 = sim.astype(np.float32)
         if np.array_equal(as32, sim):  # e.g. float32 scores stored as float64: take the fast path
             sim = as32
-    return sim, rel
+    return np.ascontiguousarray(sim), np.ascontiguousarray(rel)
 
 
 @dataclass
@@ -93,23 +95,86 @@ class _Ranked:
     cols: np.ndarray  # int64 (nnz,) item index
 
 
-def _rank_chunk_float32(sim: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flat positions (row * m + rank) of the flagged items once each row is sorted, and their item indices."""
-    n, m = sim.shape
+def _descending_ints(sim: np.ndarray) -> np.ndarray:
+    """int32 keys whose ascending order is the descending order of the float32 ``sim`` (-0.0 and 0.0 equal)."""
     bits = sim.view(np.int32)
     magnitude = bits & 0x7FFFFFFF
     sign = bits >> 31  # -1 for negative numbers (including -0.0), else 0
     magnitude ^= sign
-    np.subtract(sign, magnitude, out=magnitude)  # -(order-preserving integer): -0.0 and 0.0 both map to 0
-    keys = magnitude.astype(np.int64)
+    np.subtract(sign, magnitude, out=magnitude)  # = -(order-preserving integer of the float)
+    return magnitude
+
+
+def _rank_chunk_exact64(sim: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort packed 64-bit keys (value, item index, flag): exact order including ties, no fix-ups needed."""
+    n, m = sim.shape
+    keys = _descending_ints(sim).astype(np.int64)
     keys <<= 32
     keys |= np.arange(m, dtype=np.int64) << 1  # then the item index (stable tie order), then the flag bit
     keys |= mask
-    keys.sort(axis=1)  # ascending keys = descending similarity
+    keys.sort(axis=1)
     flags = np.empty((n, m), dtype=np.int8)
     np.bitwise_and(keys, 1, out=flags, casting="unsafe")
     flat = np.flatnonzero(flags.view(np.bool_))
     return flat, (keys.reshape(-1)[flat] & 0xFFFFFFFF) >> 1
+
+
+def _rank_chunk_float32(sim: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat positions (row * m + rank), ascending, of the non-zero-relevancy items and their item indices.
+
+    Rows are sorted as 32-bit keys: the top 31 bits of the order-preserving integer of the similarity, then a flag
+    bit for the items of non-zero relevancy. The k-th flagged position of a row belongs to the k-th of the row's
+    flagged items sorted by the same key (a small sort). Items whose 31-bit key is shared with another item (an exact
+    tie or neighbouring floats) get their exact rank by direct comparison with the row; a chunk with very many of them
+    uses the 64-bit path instead.
+    """
+    n, m = sim.shape
+    col_bits = max(1, int(m - 1).bit_length())
+    if (n << (32 + col_bits)) >= 2**62:
+        return _rank_chunk_exact64(sim, mask)
+    keys = _descending_ints(sim)
+    keys &= -2
+    keys |= mask
+    items = np.flatnonzero(mask)
+    item_keys = keys.reshape(-1)[items]
+    keys.sort(axis=1)
+    flags = np.empty((n, m), dtype=np.int8)
+    np.bitwise_and(keys, 1, out=flags, casting="unsafe")
+    flat = np.flatnonzero(flags.view(np.bool_))
+
+    # Pair the flagged positions with the items: both are in (row, key) order.
+    item_rows = items // m
+    packed = item_rows << (32 + col_bits)
+    packed |= (item_keys.astype(np.int64) + 2**31) << col_bits
+    packed |= items - item_rows * m
+    packed.sort()
+    cols = packed & ((1 << col_bits) - 1)
+
+    # Items sharing their 31-bit key with a neighbour in the sorted row need an exact rank.
+    sorted_keys = keys.reshape(-1)
+    own = sorted_keys[flat]
+    position = flat % m
+    before = sorted_keys.take(np.maximum(flat - 1, 0))
+    after = sorted_keys.take(np.minimum(flat + 1, len(sorted_keys) - 1))
+    shared = (((before ^ own) >> 1) == 0) & (position > 0)
+    shared |= (((after ^ own) >> 1) == 0) & (position < m - 1)
+    if not shared.any():
+        return flat, cols
+    fix = np.flatnonzero(shared)
+    if len(fix) > _MAX_FIXUPS_PER_ROW * n:  # each fix-up scans a row: beyond this the 64-bit sort is cheaper
+        return _rank_chunk_exact64(sim, mask)
+    rows = flat // m
+    ranks = flat - rows * m
+    step = max(1, _CHUNK_ELEMENTS // m)
+    for lo in range(0, len(fix), step):  # bounded-memory chunks of the affected items, not a loop over rows
+        idx = fix[lo:lo + step]
+        row_values = sim[rows[idx]]
+        value = row_values[np.arange(len(idx)), cols[idx]][:, None]
+        ahead = (row_values > value).sum(1)
+        ahead += ((row_values == value) & (np.arange(m)[None, :] < cols[idx][:, None])).sum(1)
+        ranks[idx] = ahead
+    order = np.sort(((rows * m + ranks) << col_bits) | cols)
+    return order >> col_bits, order & ((1 << col_bits) - 1)
 
 
 def _rank_chunk_generic(sim: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -164,8 +229,9 @@ def _scores_from_ranked(ranked: _Ranked, values: np.ndarray, n: int, m: int) -> 
 
     # nDCG: only the first k ranks count, k = number of non-zero items of the query.
     discount = 1.0 / np.log2(np.arange(m) + 2.0)
-    in_top_k = ranks < counts[rows]
-    dcg = np.bincount(rows[in_top_k], weights=values[in_top_k] * discount[ranks[in_top_k]], minlength=n)
+    gain = values * discount.take(ranks)
+    gain[ranks >= counts.take(rows)] = 0.0
+    dcg = np.bincount(rows, weights=gain, minlength=n)
     kmax = int(counts.max()) if nnz else 0
     ideal = np.zeros((n, kmax), dtype=np.float64)
     ideal.reshape(-1)[rows * kmax + (np.arange(nnz) - row_starts)] = -values
@@ -176,20 +242,18 @@ def _scores_from_ranked(ranked: _Ranked, values: np.ndarray, n: int, m: int) -> 
     return ap, nd
 
 
-def _pool(num_threads: int | None) -> ThreadPoolExecutor | None:
-    threads = num_threads if num_threads is not None else min(torch.get_num_threads(), os.cpu_count() or 1)
-    return ThreadPoolExecutor(threads) if threads > 1 else None
+def _threads(num_threads: int | None) -> int:
+    return max(1, num_threads if num_threads is not None else min(torch.get_num_threads(), os.cpu_count() or 1))
 
 
-def _direction(sim: np.ndarray, rel: np.ndarray, transpose: bool, num_threads: int | None
+def _direction(sim: np.ndarray, mask: np.ndarray, rel: np.ndarray, transpose: bool, threads: int
                ) -> tuple[np.ndarray, np.ndarray]:
-    mask = rel != 0
-    pool = _pool(num_threads)
-    try:
-        ranked = _rank_direction(sim, mask, transpose, pool)
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    """Per-query (AP, nDCG) of one direction; row chunks are sorted on ``threads`` threads."""
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            ranked = _rank_direction(sim, mask, transpose, pool)
+    else:
+        ranked = _rank_direction(sim, mask, transpose, None)
     return _scores(ranked, rel, transpose)
 
 
@@ -217,19 +281,19 @@ def _row_mean(per_row: np.ndarray, skip_empty: bool, what: str) -> float:
 def retrieval_scores(similarity: Any, relevancy: Any, num_threads: int | None = None) -> dict[str, np.ndarray]:
     """Per-query AP and nDCG in both directions: ``{"vis_ap", "vis_ndcg", "txt_ap", "txt_ndcg"}`` (NaN = no positive).
 
-    ``num_threads`` (default: ``torch.get_num_threads()``) sorts row chunks in parallel.
+    ``num_threads`` (default: ``torch.get_num_threads()``): with 2 or more, the two directions run in parallel.
     """
     sim, rel = _check_inputs(similarity, relevancy)
     mask = rel != 0
-    pool = _pool(num_threads)
-    try:
-        vis = _rank_direction(sim, mask, False, pool)
-        txt = _rank_direction(sim, mask, True, pool)
-    finally:
-        if pool is not None:
-            pool.shutdown()
-    vis_ap, vis_ndcg = _scores(vis, rel, False)
-    txt_ap, txt_ndcg = _scores(txt, rel, True)
+    threads = _threads(num_threads)
+    if threads > 1:  # one thread per direction (NumPy releases the GIL in sorts and large array operations)
+        with ThreadPoolExecutor(2) as pool:
+            txt_future = pool.submit(_direction, sim, mask, rel, True, max(1, threads // 2))
+            vis_ap, vis_ndcg = _direction(sim, mask, rel, False, max(1, threads - threads // 2))
+            txt_ap, txt_ndcg = txt_future.result()
+    else:
+        vis_ap, vis_ndcg = _direction(sim, mask, rel, False, 1)
+        txt_ap, txt_ndcg = _direction(sim, mask, rel, True, 1)
     return {"vis_ap": vis_ap, "vis_ndcg": vis_ndcg, "txt_ap": txt_ap, "txt_ndcg": txt_ndcg}
 
 
@@ -237,14 +301,14 @@ def mean_average_precision(similarity: Any, relevancy: Any, skip_empty: bool = F
                            num_threads: int | None = None) -> float:
     """Official EK100 MIR mAP with the rows as queries (see the module docstring)."""
     sim, rel = _check_inputs(similarity, relevancy)
-    ap, _ = _direction(sim, rel, False, num_threads)
+    ap, _ = _direction(sim, rel != 0, rel, False, _threads(num_threads))
     return _row_mean(ap, skip_empty, "AP")
 
 
 def ndcg(similarity: Any, relevancy: Any, skip_empty: bool = False, num_threads: int | None = None) -> float:
     """Official EK100 MIR nDCG with the rows as queries (see the module docstring)."""
     sim, rel = _check_inputs(similarity, relevancy)
-    _, nd = _direction(sim, rel, False, num_threads)
+    _, nd = _direction(sim, rel != 0, rel, False, _threads(num_threads))
     return _row_mean(nd, skip_empty, "nDCG")
 
 

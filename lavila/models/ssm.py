@@ -1,4 +1,4 @@
-"""Selective scan (the S6 recurrence of Mamba) with a fast pure-PyTorch path and the CUDA kernels when present.
+"""Selective scan (the S6 recurrence of Mamba): compiled CPU kernel, pure-PyTorch fallback, CUDA kernels when present.
 
 Shapes follow ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``:
 ``u, delta, z: (b, d, l)``, ``A: (d, n)`` (real), ``B, C: (b, n, l)``, ``D, delta_bias: (d,)``; returns ``(b, d, l)``::
@@ -7,12 +7,19 @@ Shapes follow ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``:
     h_t  = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t    (h: (b, d, n), h_{-1} = 0)
     y_t  = <C_t, h_t> + D * u_t ;  y_t *= silu(z_t)
 
-The pure-PyTorch path is a custom autograd function with a hand-written backward (the adjoint is the same
-recurrence run backwards). The work is tiled into blocks of (time chunk x batch rows) small enough to stay in
-cache; inside a block the recurrence is one in-place ``addcmul_`` per step on a contiguous (rows, d, n) slice,
-and all the reductions over ``n``/``d`` are batched matmuls. Only the states at chunk starts are kept for the
-backward (the rest is recomputed), so memory is O(b·d·n·l / chunk) on top of the inputs. The state is always
-float32 (float64 when the inputs are float64), whatever autocast says.
+Backends (:func:`selective_scan`, ``backend=`` or ``$LAVILA_SCAN_BACKEND``; 'auto' picks the first that applies):
+
+* ``cuda``  -- mamba_ssm's ``selective_scan_fn`` for CUDA tensors, when importable (imported lazily);
+* ``cpu``   -- a small C kernel (:mod:`lavila.models.ssm_cpu`) compiled on first use when a C compiler exists:
+  one pass per direction with the (n,) state in registers; this is what the models use on CPU and what
+  ``benchmarks/bench_selective_scan.py`` measures;
+* ``torch`` -- pure PyTorch, any device: a custom autograd function with a hand-written backward (the adjoint is
+  the same recurrence run backwards). The work is tiled into blocks of (time chunk x batch rows) small enough to
+  stay in cache; inside a block the recurrence is one in-place ``addcmul_`` per step on a contiguous slice, and the
+  reductions over ``n``/``d`` are batched matmuls. Only the states at chunk starts are kept for the backward.
+
+Every backend keeps the state in float32 (float64 for float64 inputs) whatever autocast says, and returns u's dtype.
+:func:`selective_scan_reference` is the plain step-by-step recurrence (the test oracle).
 """
 from __future__ import annotations
 

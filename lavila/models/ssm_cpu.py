@@ -4,9 +4,9 @@ The pure-PyTorch scan in :mod:`lavila.models.ssm` has to stream (b, d, l, n)-siz
 dozen times; this kernel keeps the (n,) state of one (batch, channel) row in registers, so forward + backward is
 a couple of passes over the inputs. No torch headers are needed: the C code works on raw pointers, is compiled
 with ``cc -O3`` into a shared library cached under ``$LAVILA_KERNEL_CACHE`` (default ``~/.cache/lavila/kernels``),
-loaded with ctypes, and run on ``torch.get_num_threads()`` Python threads (ctypes releases the GIL) over disjoint
-channel ranges. When no compiler is available, or the build fails, :func:`load_kernel` returns None and the
-caller uses the pure-PyTorch path.
+loaded with ctypes, and, for large problems, run on ``torch.get_num_threads()`` Python threads (ctypes releases
+the GIL) over disjoint channel ranges. When no compiler is available, or the build fails, :func:`load_kernel`
+returns None and the caller uses the pure-PyTorch path.
 """
 from __future__ import annotations
 
@@ -254,9 +254,13 @@ def _build() -> ctypes.CDLL:
     key = hashlib.sha256("\n".join([source, " ".join(_FLAGS), compiler, platform.machine(),
                                     _cpu_signature()]).encode()).hexdigest()[:16]
     cache = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "lavila" / "kernels"))
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:  # read-only home: build into the temp folder instead
+        cache = Path(tempfile.gettempdir()) / f"lavila-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}"
+        cache.mkdir(parents=True, exist_ok=True)
     lib_path = cache / f"selective_scan_{key}.so"
     if not lib_path.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             src = Path(tmp) / "selective_scan.c"
             src.write_text(source)
@@ -298,17 +302,22 @@ def kernel_error() -> str | None:
     return _state.get("error")
 
 
-def _pool() -> ThreadPoolExecutor:
-    pid = os.getpid()
-    if _state.get("pool_pid") != pid:  # a forked child (DataLoader worker) must not reuse the parent's threads
-        _state["pool"] = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="lavila-scan")
-        _state["pool_pid"] = pid
+def _pool(threads: int) -> ThreadPoolExecutor:
+    key = (os.getpid(), threads)  # a forked child (DataLoader worker) must not reuse the parent's threads
+    if _state.get("pool_key") != key:
+        _state["pool"] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lavila-scan")
+        _state["pool_key"] = key
     return _state["pool"]
 
 
+# Below this many state updates (b*d*l*n) one thread is faster than handing work to the pool.
+_PARALLEL_MIN_WORK = 1 << 22
+
+
 def _ranges(d: int, work: int) -> list[tuple[int, int]]:
-    """Split the channels over torch.get_num_threads() threads when the problem is big enough to pay for it."""
-    parts = 1 if work < (1 << 17) else max(1, min(torch.get_num_threads(), d))
+    """Channel ranges: one for small problems, else 4 per thread (the pool balances them when cores are busy)."""
+    threads = torch.get_num_threads()
+    parts = 1 if work < _PARALLEL_MIN_WORK or threads < 2 else min(d, 4 * threads)
     step = -(-d // parts)
     return [(s, min(d, s + step)) for s in range(0, d, step)]
 
@@ -321,7 +330,7 @@ def _run(jobs) -> None:
     if len(jobs) == 1:
         codes = [jobs[0]()]
     else:
-        codes = list(_pool().map(lambda job: job(), jobs))
+        codes = list(_pool(torch.get_num_threads()).map(lambda job: job(), jobs))
     if any(codes):
         raise MemoryError("selective scan CPU kernel could not allocate its scratch buffers")
 

@@ -94,7 +94,8 @@ def add_common_args(parser: argparse.ArgumentParser, *, clip_length: int, epochs
     run.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
     run.add_argument("--save-freq", type=int, default=1, help="epochs between checkpoint.pt saves")
     # torchrun / the reference's launcher arguments: accepted, the environment decides.
-    for flag, kw in (("--world-size", {"type": int, "default": 1}), ("--rank", {"type": int, "default": 0}),
-                     ("--local_rank", {"type": int, "default": 0, "dest": "local_rank"}), ("--dist-url", {"default": "env://"}),
-                     ("--dist-backend", {"default": None}), ("--gpu", {"default": None})):
-        run.add_argument(flag, help=argparse.SUPPRESS, **kw)
+    for flags, kw in ((("--world-size",), {"type": int, "default": 1}), (("--rank",), {"type": int, "default": 0}),
+                      (("--local_rank", "--local-rank"), {"type": int, "default": 0, "dest": "local_rank"}),
+                      (("--dist-url",), {"default": "env://"}), (("--dist-backend",), {"default": None}),
+                      (("--gpu",), {"default": None})):
+        run.add_argument(*flags, help=argparse.SUPPRESS, **kw)

@@ -14,9 +14,11 @@ epoch to run), ``step_in_epoch`` (micro-batches already done in that epoch, non-
 the RNG states of every rank, so they load with ``torch.load(weights_only=True)``.
 
 Resuming: when ``<output-dir>/checkpoint.pt`` exists the run continues from it (auto-resume; it wins over
-``--resume``). With the same flags, seed and ``--workers 0`` the final weights are bit-identical to an uninterrupted
-run on CPU (with workers > 0 a resume at an epoch boundary is also exact; one inside an epoch restarts the workers'
-random streams).
+``--resume``). With the same flags and seed the final weights are bit-identical to an uninterrupted run on CPU
+(tested with ``--workers 0``): the sampler restarts at the saved position, each training sample's augmentation is
+seeded by (seed, epoch, index) (``PerSampleSeededDataset``, which also makes it independent of the number of
+processes), and the global RNG states of every rank are restored. ``--fused-decode-crop`` breaks this (the data
+layer then decodes the first clip of each video differently).
 
 Preemption: SIGTERM and SIGUSR1 (what Slurm sends before it preempts or times out a job, e.g. with
 ``#SBATCH --signal=USR1@120``; torchrun forwards SIGTERM to its workers) set a flag; at the next optimiser-step

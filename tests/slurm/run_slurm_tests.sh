@@ -55,6 +55,18 @@ wait_file() {
   done
 }
 json_get() { "$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))$2)" "$1"; }
+# A requeued job waits ~2 min before it may start again (Slurm's requeue delay); once it is pending again, let it
+# start now so the test does not idle. Runs in the background while wait_job polls.
+release_requeued() {
+  local j=$1 t0=$SECONDS info
+  while [ $((SECONDS - t0)) -lt 200 ]; do
+    info=$(scontrol show job -o "$j" 2>/dev/null) || return 0
+    if grep -q 'JobState=PENDING' <<<"$info" && ! grep -q 'Restarts=0 ' <<<"$info"; then
+      scontrol update JobId="$j" StartTime=now && return 0
+    fi
+    sleep 0.5
+  done
+}
 show_log() { echo "---- $1"; tail -n "${2:-30}" "$1" 2>/dev/null | sed 's/^/    /'; }
 
 SB=(sbatch --parsable --chdir="$ROOT" --ntasks-per-node=2 --cpus-per-task=1 --time=00:15:00)
@@ -80,6 +92,7 @@ j=$(OUTPUT_DIR="$out" REQUEUE_GRACE_S=1 "${SB[@]}" --output="$W/probe-signal-%j.
     --epochs 6 --epoch-seconds 1.5)
 if wait_file "$out/checkpoint.pt" 120 "$j"; then
   scancel --signal=USR1 --batch "$j"   # what --signal=B:USR1@120 sends before the time limit / on preemption
+  release_requeued "$j" &
   r=$(wait_job "$j")
   if [ "${r%% *}" = COMPLETED ] && [ "$(json_get "$out/metrics.json" '["restart_count"]')" -ge 1 ] &&
      [ "$(json_get "$out/metrics.json" '["resumed_from"]')" -ge 1 ] && grep -q "requeueing slurm job $j" "$W/probe-signal-$j.out"; then
@@ -113,4 +126,9 @@ SKIPPED=$((SKIPPED + $(cat "$W/real.skipped" 2>/dev/null || echo 0)))
 [ $rc = 0 ] || [ -f "$W/real.failed" ] || FAILED=$((FAILED + 1))
 
 summary
-[ "$FAILED" = 0 ]
+if [ "$FAILED" = 0 ]; then
+  # keep the work dir (logs, outputs) only when something failed, or when asked for with SLURM_TEST_DIR / KEEP_WORK=1
+  [ -n "${SLURM_TEST_DIR:-}" ] || [ "${KEEP_WORK:-0}" = 1 ] || rm -rf "$W"
+  exit 0
+fi
+exit 1

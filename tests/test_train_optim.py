@@ -1,0 +1,49 @@
+"""Parameter groups: no weight decay on biases, norms, embeddings, cls tokens, temporal embeddings, Mamba A_log/D."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from lavila.models import create_model
+from lavila.train.optim import build_optimizer, param_groups
+
+TINY = {"embed_dim": 32, "depth": 1, "num_heads": 2, "text_width": 32, "text_layers": 1, "text_heads": 2,
+        "project_embed_dim": 16, "img_size": 32, "num_frames": 2}
+
+
+def _names(model, group):
+    ids = {id(p) for p in group["params"]}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
+@pytest.mark.parametrize("name", ["CLIP_TimeSformerB16", "CLIP_TimeMamba_like_timesformer", "CLIP_VITT16"])
+def test_no_decay_parameters(name):
+    model = create_model(name, **TINY)
+    decay, no_decay = param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    decayed, skipped = _names(model, decay), _names(model, no_decay)
+    assert "logit_scale" not in decayed | skipped  # frozen temperature is not optimised
+    for n in decayed:
+        leaf = n.split(".")[-1]
+        assert leaf not in ("bias", "A_log", "A_b_log", "D", "D_b"), n
+        assert not any(k in n for k in ("cls_token", "class_embedding", "temporal_embed", "pos_embed",
+                                        "positional_embedding", "token_embedding", "ln_", "norm")), n
+    assert "textual.token_embedding.weight" in skipped and "textual.positional_embedding" in skipped
+    assert any(n.endswith("attn.Wqkv.weight") or "in_proj" in n or n.endswith(".weight") for n in decayed)
+    if "TimeMamba" in name:
+        assert any(n.endswith("A_log") for n in skipped) and any(n.endswith(".D") for n in skipped)
+    if "TimeSformer" in name or "TimeMamba" in name:
+        assert "visual.cls_token" in skipped
+
+
+def test_adamw_and_sgd():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    args = argparse.Namespace(wd=0.1, lr=0.01, betas=(0.8, 0.99), eps=1e-6, optimizer="adamw")
+    opt = build_optimizer(model, args)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.8, 0.99)
+    assert [len(g["params"]) for g in opt.param_groups] == [1, 3]  # only the Linear weight is decayed
+    args.optimizer = "sgd"
+    opt = build_optimizer(model, args)
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.8
