@@ -91,14 +91,10 @@ def build_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, An
     overrides = parse_overrides(args.model_overrides)
     ckpt = None
     if args.resume:
-        if Path(args.resume).is_file():
-            from lavila.utils.checkpoint import load_checkpoint
+        from lavila import zoo
+        from lavila.utils.checkpoint import load_checkpoint
 
-            ckpt = load_checkpoint(args.resume, trusted=args.trust_checkpoint)
-        else:
-            from lavila import zoo
-
-            ckpt = zoo.load(args.resume)
+        ckpt = load_checkpoint(zoo.resolve(args.resume), trusted=args.trust_checkpoint)
     if args.clip_length is not None:
         overrides["num_frames"] = args.clip_length
     if ckpt is not None and ckpt.get("model_config"):  # this project's checkpoint: full stored config
@@ -139,27 +135,18 @@ def _autocast(args: argparse.Namespace, device: torch.device) -> Any:
 
 def run_mir(args: argparse.Namespace, model: torch.nn.Module, info: dict[str, Any], device: torch.device
             ) -> dict[str, float]:
-    from lavila.data.ek100 import EK100MIRDataset, default_relevancy_path
+    from lavila.data.ek100 import EK100MIRDataset
     from lavila.evaluation import zeroshot
-    from lavila.evaluation.relevancy import build_relevancy, load_relevancy
+    from lavila.evaluation.relevancy import resolve_relevancy
 
     if not args.mir_root:
         raise SystemExit("error: --mir-metadata needs --mir-root (the EK100 video folder)")
     dataset = EK100MIRDataset(args.mir_root, args.mir_metadata, is_training=False, sentence_path=args.mir_sentences,
                               num_frames=info["num_frames"], chunk_len=args.video_chunk_length, crop_size=info["crop"],
                               norm=info["norm"], context_length=info["context_length"], backend=args.video_backend)
-    expected = (len(dataset.clips), len(dataset.sentences))
-    rel_path = Path(args.relevancy_path) if args.relevancy_path else default_relevancy_path(args.mir_metadata)
-    if rel_path.is_file():
-        relevancy = load_relevancy(rel_path, expected_shape=expected)
-    elif args.relevancy_path:
-        raise SystemExit(f"error: --relevancy-path {args.relevancy_path} does not exist")
-    else:
-        du.print_main(f"relevancy {rel_path} not found: rebuilding it from the CSVs")
-        relevancy = build_relevancy(dataset.clips, dataset.sentences)
-    columns = zeroshot.sentence_columns(dataset.clips["narration_id"], dataset.sentences["narration_id"])
+    relevancy = resolve_relevancy(dataset.clips, dataset.sentences, args.mir_metadata, args.relevancy_path)
     loader = zeroshot.sharded_loader(dataset, args.batch_size, args.workers)
-    metrics, similarity = zeroshot.evaluate_mir(model, loader, relevancy, columns, device, _autocast(args, device))
+    metrics, similarity = zeroshot.evaluate_mir(model, loader, relevancy, None, device, _autocast(args, device))
     if args.save_similarity and du.is_main_process():
         import numpy as np
 
@@ -205,16 +192,8 @@ def run_egoschema(args: argparse.Namespace, model: torch.nn.Module, info: dict[s
                                crop_size=info["crop"], norm=info["norm"], context_length=info["context_length"],
                                backend=args.video_backend)
     loader = zeroshot.sharded_loader(dataset, args.batch_size, args.workers)
-    predictions = zeroshot.evaluate_egoschema(model, loader, dataset.q_uids, device, _autocast(args, device))
-    out: dict[str, float] = {"questions": len(predictions)}
-    if du.is_main_process():
-        json_path, _ = egoschema.write_predictions(predictions, args.output_dir,
-                                                   f"egoschema_predictions_f{info['num_frames']}")
-        du.print_main(f"EgoSchema predictions (submission format): {json_path}")
-    if answers is not None:
-        scored = egoschema.score(predictions, answers)
-        out.update({"accuracy": scored["accuracy"], "scored": scored["total"]})
-    return out
+    return zeroshot.egoschema_task(model, loader, device, args.output_dir, answers,
+                                   f"egoschema_predictions_f{info['num_frames']}", _autocast(args, device))
 
 
 # ---- main -------------------------------------------------------------------------------------------------------

@@ -11,6 +11,23 @@ TINY_MODEL = ["--model", "CLIP_TimeSformerB16", "--model-overrides", "embed_dim=
               "--clip-length", "2", "--workers", "0", "--pretrain-zoo", "none", "--device", "cpu"]
 
 
+TINY_OVERRIDES = {"embed_dim": 32, "depth": 1, "num_heads": 2, "text_width": 32, "text_layers": 1, "text_heads": 2,
+                  "project_embed_dim": 16, "img_size": 32, "num_frames": 2}
+
+
+def tiny_pretrained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 2-frame CLIP checkpoint in this project's format (what main_pretrain.py writes)."""
+    from lavila.models import create_model
+    from lavila.utils.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("CLIP_TimeSformerB16", **TINY_OVERRIDES)
+    path = tmp_path_factory.mktemp("pretrained") / "checkpoint.pt"
+    save_checkpoint({"state_dict": model.state_dict(), "model_name": "CLIP_TimeSformerB16",
+                     "model_config": model.config, "args": {"model": "CLIP_TimeSformerB16"}, "epoch": 1}, path)
+    return path
+
+
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Generate (once per pytest session) a small dataset in the real Ego4D / EK100 layouts."""
     root = tmp_path_factory.getbasetemp() / "lavila_synthetic"

@@ -111,13 +111,31 @@ def test_ensure_data_reuses_matching_dataset(tmp_path, monkeypatch):
     params = dict(demo.DATA_DEFAULTS)
     (data / "manifest.json").write_text(json.dumps({"ok": 1}))
     (data / demo.DATA_STAMP).write_text(json.dumps(params))
+    (data / demo.DATA_MARKER).write_text("x")
     calls = []
-    monkeypatch.setattr(demo, "run_stage", lambda cmd, *a, **k: calls.append(cmd))
+
+    def fake_generator(cmd, *a, **k):
+        calls.append(cmd)
+        out = Path(cmd[cmd.index("--out") + 1])
+        (out / "manifest.json").write_text(json.dumps({"ok": 2}))
+
+    monkeypatch.setattr(demo, "run_stage", fake_generator)
     assert demo.ensure_data(data, params, regenerate=False) == {"ok": 1}
     assert calls == []
-    with pytest.raises(FileNotFoundError):  # other settings: regenerates (the stub writes nothing)
-        demo.ensure_data(data, {**params, "seed": 1}, regenerate=False)
-    assert calls and "--seed" in calls[0] and calls[0][calls[0].index("--seed") + 1] == "1"
+    # other settings: the folder is regenerated with them
+    assert demo.ensure_data(data, {**params, "seed": 1}, regenerate=False) == {"ok": 2}
+    assert calls and calls[0][calls[0].index("--seed") + 1] == "1"
+    assert json.loads((data / demo.DATA_STAMP).read_text())["seed"] == 1
+
+
+def test_ensure_data_never_deletes_a_foreign_folder(tmp_path, monkeypatch):
+    data = tmp_path / "my_real_data"
+    data.mkdir()
+    (data / "precious.csv").write_text("a,b\n")
+    monkeypatch.setattr(demo, "run_stage", lambda *a, **k: pytest.fail("must not generate"))
+    with pytest.raises(RuntimeError, match="not made by the demo"):
+        demo.ensure_data(data, dict(demo.DATA_DEFAULTS), regenerate=True)
+    assert (data / "precious.csv").is_file()
 
 
 def test_pretrain_argv_uses_manifest_paths(tmp_path):

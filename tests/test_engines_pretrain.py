@@ -164,3 +164,90 @@ def test_torchrun_two_processes_match_one_process_at_step_1(data, tmp_path, repo
     assert one["step"] == two["step"] == 1
     assert two["loss"] == pytest.approx(one["loss"], abs=1e-5)
     assert torch.isfinite(torch.tensor(two["loss"]))
+
+
+# ---- --pretrain-zoo deit: visual tower from DeiT, text tower from CLIP ViT-B/16 (--pretrain-clip-path) ------------
+
+_TINY_VIT = {"embed_dim": 64, "depth": 1, "num_heads": 2, "img_size": 32, "text_width": 32, "text_layers": 1,
+             "text_heads": 2, "project_embed_dim": 16, "num_frames": 2}
+
+
+@pytest.fixture(scope="module")
+def deit_and_clip_files(tmp_path_factory):
+    import open_clip
+    import timm
+
+    torch.manual_seed(0)
+    deit = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=16, embed_dim=64, depth=1,
+                                                            num_heads=2, num_classes=10)
+    clip = open_clip.model.CLIP(
+        embed_dim=16,
+        vision_cfg=open_clip.model.CLIPVisionCfg(layers=1, width=64, head_width=32, patch_size=16, image_size=32),
+        text_cfg=open_clip.model.CLIPTextCfg(context_length=77, vocab_size=100, width=32, heads=2, layers=1))
+    folder = tmp_path_factory.mktemp("init")
+    torch.save({"model": deit.state_dict()}, folder / "deit.pth")  # the DeiT release layout
+    torch.save(clip.state_dict(), folder / "clip.pt")  # open_clip state_dict
+    return folder / "deit.pth", folder / "clip.pt", deit, clip
+
+
+def _init_args(**kw):
+    import argparse
+
+    base = {"pretrain_zoo": "deit", "pretrain_path": None, "pretrain_clip_path": None, "trust_checkpoint": False}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_deit_init_fills_visual_from_deit_and_text_from_clip(deit_and_clip_files):
+    from lavila.models import create_model
+    from lavila.train.engine_utils import init_pretrained
+
+    deit_path, clip_path, deit, clip = deit_and_clip_files
+    model = create_model("CLIP_VITT16", **_TINY_VIT)
+    init_pretrained(model, _init_args(pretrain_path=str(deit_path), pretrain_clip_path=str(clip_path)))
+    assert torch.equal(model.visual.ln_post.weight, deit.norm.weight)
+    assert torch.equal(model.textual.ln_final.bias, clip.ln_final.bias)
+    assert torch.equal(model.textual.positional_embedding, clip.positional_embedding)
+
+
+def test_deit_init_without_clip_weights_is_a_clear_error(deit_and_clip_files):
+    from lavila.models import create_model
+    from lavila.train.engine_utils import init_pretrained
+    from lavila.train.loop import TrainingError
+
+    deit_path = deit_and_clip_files[0]
+    model = create_model("CLIP_VITT16", **_TINY_VIT)
+    with pytest.raises(TrainingError, match="--pretrain-clip-path FILE"):
+        init_pretrained(model, _init_args(pretrain_path=str(deit_path)))
+    with pytest.raises(TrainingError, match="--pretrain-path"):
+        init_pretrained(model, _init_args(pretrain_clip_path="clip.pt"))
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        init_pretrained(model, _init_args(pretrain_path=str(deit_path), pretrain_clip_path="missing.pt"))
+
+
+def test_pretrain_engine_accepts_pretrain_clip_path(data, tmp_path, deit_and_clip_files):
+    deit_path, clip_path, _, _ = deit_and_clip_files
+    p = paths(data)
+    overrides = [f"{k}={v}" for k, v in _TINY_VIT.items() if k not in ("img_size", "num_frames")]
+    argv = ["--root", p["ego4d_root"], "--train-metadata", p["ego4d_meta"], "--output-dir", str(tmp_path),
+            "--model", "CLIP_VITT16", "--model-overrides", *overrides, "--input-size", "32", "--clip-length", "2",
+            "--workers", "0", "--device", "cpu", "--batch-size", "8", "--epochs", "1", "--pretrain-zoo", "deit",
+            "--pretrain-path", str(deit_path), "--pretrain-clip-path", str(clip_path)]
+    summary = run(PretrainEngine(), argv)
+    assert summary["status"] == "finished"
+
+
+@pytest.mark.slow  # ~30 s: two fresh interpreters
+def test_torchrun_two_process_evaluation_matches_one_process(data, tmp_path, repo_root):
+    """MIR evaluation goes through lavila.evaluation.zeroshot: whole batches per rank -> identical numbers."""
+    run(PretrainEngine(), pretrain_args(data, tmp_path / "train", "--batch-size", "8", "--epochs", "1"))
+    ckpt = str(tmp_path / "train" / CHECKPOINT)
+    flags = ["--evaluate", "--resume", ckpt, "--input-size", "32", "--clip-length", "2", "--workers", "0",
+             "--device", "cpu", "--batch-size", "3", *_val(data)]
+    one = run(PretrainEngine(), [*flags, "--output-dir", str(tmp_path / "one")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo_root)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), str(repo_root / "main_pretrain.py"), *flags, "--output-dir", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (two,) = [r for r in read_metrics(tmp_path / "two", "eval")]
+    assert {k: two[k] for k in one["metrics"]} == one["metrics"]  # bit-identical

@@ -2,17 +2,12 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from engine_helpers import TINY_MODEL, paths, synthetic_root
+from engine_helpers import TINY_MODEL, paths, synthetic_root, tiny_pretrained_checkpoint
 
-from lavila.models import create_model
 from lavila.train.finetune_retrieval import RetrievalEngine
 from lavila.train.loop import CHECKPOINT, TrainingError, run
-from lavila.utils.checkpoint import load_checkpoint, save_checkpoint
+from lavila.utils.checkpoint import load_checkpoint
 from lavila.utils.logging import read_metrics
-
-OVERRIDES = {"embed_dim": 32, "depth": 1, "num_heads": 2, "text_width": 32, "text_layers": 1, "text_heads": 2,
-             "project_embed_dim": 16, "img_size": 32, "num_frames": 2}
 
 
 @pytest.fixture(scope="module")
@@ -22,13 +17,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    """A tiny 2-frame CLIP checkpoint in this project's format (what main_pretrain.py writes)."""
-    torch.manual_seed(0)
-    model = create_model("CLIP_TimeSformerB16", **OVERRIDES)
-    path = tmp_path_factory.mktemp("pretrained") / "checkpoint.pt"
-    save_checkpoint({"state_dict": model.state_dict(), "model_name": "CLIP_TimeSformerB16",
-                     "model_config": model.config, "args": {"model": "CLIP_TimeSformerB16"}, "epoch": 1}, path)
-    return path
+    return tiny_pretrained_checkpoint(tmp_path_factory)
 
 
 def _args(data, out, pretrained, *extra):

@@ -7,7 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lavila.evaluation.relevancy import build_relevancy, load_relevancy, main, parse_class_list, save_relevancy
+from lavila.evaluation.relevancy import (
+    build_relevancy,
+    load_relevancy,
+    main,
+    parse_class_list,
+    resolve_relevancy,
+    save_relevancy,
+)
 
 
 @pytest.fixture()
@@ -69,6 +76,20 @@ def test_save_load_roundtrip_and_shape_check(tmp_path, tiny):
         load_relevancy(path, expected_shape=(4, 2))
     with pytest.raises(FileNotFoundError, match="python -m lavila.evaluation.relevancy"):
         load_relevancy(tmp_path / "missing.pkl")
+
+
+def test_resolve_relevancy_prefers_given_then_default_pickle_then_rebuilds(tmp_path, tiny):
+    clips, sentences = tiny
+    csv = tmp_path / "EPIC_100_retrieval_test.csv"
+    rebuilt = resolve_relevancy(clips, sentences, csv)  # no pickle anywhere: rebuilt from the tables
+    np.testing.assert_array_equal(rebuilt, build_relevancy(clips, sentences))
+    marked = rebuilt + 1.0
+    save_relevancy(marked, tmp_path / "relevancy" / "caption_relevancy_EPIC_100_retrieval_test.pkl")
+    np.testing.assert_array_equal(resolve_relevancy(clips, sentences, csv), marked)  # the default place
+    save_relevancy(marked * 2, tmp_path / "mine.pkl")
+    np.testing.assert_array_equal(resolve_relevancy(clips, sentences, csv, tmp_path / "mine.pkl"), marked * 2)
+    with pytest.raises(FileNotFoundError, match="gone.pkl"):
+        resolve_relevancy(clips, sentences, csv, tmp_path / "gone.pkl")  # a given path must exist
 
 
 def test_load_refuses_arbitrary_objects(tmp_path):

@@ -66,6 +66,8 @@ class ClipDataset(Dataset):
 
     def load_video_clip(self, video_id: str, start: float, end: float | None) -> torch.Tensor:
         """(3, T, S, S) frames of ``video_id`` between ``start`` and ``end`` seconds (jittered when training)."""
+        if end is not None and not start <= end:  # also catches NaN
+            raise ValueError(f"annotation of {video_id} has start {start} > end {end} (or a NaN time)")
         key = video_path_key(self.root, video_id, self.chunk_len)
         return self._decode(key, lambda size: load_clip(
             self.root, video_id, start, end, self.num_frames, self.chunk_len, jitter=self.is_training,

@@ -340,6 +340,7 @@ def generate(out: str | os.PathLike, seed: int = 0, ego4d_videos: int = 6, ek100
         entry.update({f"option {i}": f"C {VERBS[v][2][0][2]} the {n}" for i, (v, n) in enumerate(options)})
         questions.append(entry)
         answers[q_uid] = answer
+    (out / "egoschema").mkdir(parents=True, exist_ok=True)
     (out / "egoschema" / "questions.json").write_text(json.dumps(questions, indent=1))
     (out / "egoschema" / "answers.json").write_text(json.dumps(answers, indent=1))
 

@@ -61,8 +61,8 @@ def _predictions(scores: np.ndarray) -> np.ndarray:
     return np.argmax(scores, axis=1)  # first maximum = lower class index on ties
 
 
-def mean_class_accuracy(predictions: Any, targets: Any) -> float:
-    """Mean over the classes present in ``targets`` of the per-class recall (fraction)."""
+def _class_counts(predictions: Any, targets: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per class: number of targets (support), correct predictions (hits), predictions."""
     predictions, targets = _np(predictions).astype(np.int64), _np(targets).astype(np.int64)
     if predictions.shape != targets.shape or predictions.ndim != 1:
         raise ValueError(f"predictions {predictions.shape} and targets {targets.shape} must be equal-length vectors")
@@ -71,6 +71,12 @@ def mean_class_accuracy(predictions: Any, targets: Any) -> float:
     size = int(max(predictions.max(), targets.max())) + 1
     support = np.bincount(targets, minlength=size)
     hits = np.bincount(targets[predictions == targets], minlength=size)
+    return support, hits, np.bincount(predictions, minlength=size)
+
+
+def mean_class_accuracy(predictions: Any, targets: Any) -> float:
+    """Mean over the classes present in ``targets`` of the per-class recall (fraction)."""
+    support, hits, _ = _class_counts(predictions, targets)
     present = support > 0
     return float(np.mean(hits[present] / support[present]))
 
@@ -78,17 +84,9 @@ def mean_class_accuracy(predictions: Any, targets: Any) -> float:
 def confusion_mean_class_accuracy(predictions: Any, targets: Any) -> float:
     """The reference's confusion-matrix mean accuracy: sum of the recalls of the target classes divided by the
     number of classes in targets ∪ predictions (classes only predicted count as 0)."""
-    predictions, targets = _np(predictions).astype(np.int64), _np(targets).astype(np.int64)
-    if predictions.shape != targets.shape or predictions.ndim != 1:
-        raise ValueError(f"predictions {predictions.shape} and targets {targets.shape} must be equal-length vectors")
-    if targets.size == 0:
-        raise ValueError("no samples")
-    size = int(max(predictions.max(), targets.max())) + 1
-    support = np.bincount(targets, minlength=size)
-    hits = np.bincount(targets[predictions == targets], minlength=size)
-    seen = (support > 0) | (np.bincount(predictions, minlength=size) > 0)
+    support, hits, predicted = _class_counts(predictions, targets)
     present = support > 0
-    return float(np.sum(hits[present] / support[present]) / seen.sum())
+    return float(np.sum(hits[present] / support[present]) / (present | (predicted > 0)).sum())
 
 
 def marginalize(action_probs: Any, action_to_class: Any, num_classes: int | None = None) -> np.ndarray:

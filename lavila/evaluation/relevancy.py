@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["build_relevancy", "load_relevancy", "parse_class_list", "main"]
+__all__ = ["build_relevancy", "load_relevancy", "resolve_relevancy", "parse_class_list", "main"]
 
 
 def parse_class_list(value: object) -> list[int]:
@@ -130,6 +130,27 @@ def load_relevancy(path: str | Path, expected_shape: tuple[int, int] | None = No
             f"{tuple(expected_shape)} (clips x sentences); it belongs to another split or CSV — rebuild it with "
             f"`python -m lavila.evaluation.relevancy`")
     return relevancy
+
+
+def resolve_relevancy(clips_df: pd.DataFrame, sentences_df: pd.DataFrame, metadata: str | Path,
+                      relevancy_path: str | Path | None = None) -> np.ndarray:
+    """The (clips x sentences) relevancy of an MIR split: ``relevancy_path`` when given (it must exist), else the
+    official pickle's default place beside ``metadata`` (``relevancy/caption_relevancy_<stem>.pkl``), else rebuilt
+    from the CSVs (logged)."""
+    from lavila.data.ek100 import default_relevancy_path
+
+    expected = (len(clips_df), len(sentences_df))
+    path = Path(relevancy_path) if relevancy_path else default_relevancy_path(metadata)
+    if path.is_file():
+        return load_relevancy(path, expected_shape=expected)
+    if relevancy_path:
+        raise FileNotFoundError(f"relevancy file {path} not found (--relevancy-path); drop the flag to rebuild it "
+                                "from the annotation CSVs")
+    import logging
+
+    logging.getLogger("lavila").warning("relevancy %s not found: rebuilding it from %s and its sentence CSV", path,
+                                        metadata)
+    return build_relevancy(clips_df, sentences_df)
 
 
 def save_relevancy(relevancy: np.ndarray, path: str | Path) -> None:

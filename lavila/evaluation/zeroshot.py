@@ -26,9 +26,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lavila.utils import distributed as du
 
-__all__ = ["ShardedBatchSampler", "sharded_loader", "gather_in_order", "sentence_columns", "mir_similarity",
-           "encode_mir", "evaluate_mir", "encode_texts", "class_embeddings", "evaluate_zeroshot_cls",
-           "evaluate_egoschema"]
+__all__ = ["ShardedBatchSampler", "sharded_loader", "as_sharded_loader", "gather_in_order", "collect",
+           "sentence_columns", "mir_similarity", "encode_mir", "evaluate_mir", "encode_texts", "class_embeddings",
+           "evaluate_zeroshot_cls", "evaluate_egoschema", "egoschema_task"]
 
 
 class ShardedBatchSampler(Sampler[list[int]]):
@@ -55,12 +55,24 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
 
 def sharded_loader(dataset: Dataset, batch_size: int, num_workers: int = 0,
-                   collate_fn: Callable[[list[Any]], Any] | None = None) -> DataLoader:
+                   collate_fn: Callable[[list[Any]], Any] | None = None, pin_memory: bool = False) -> DataLoader:
     """An evaluation DataLoader over this rank's batches (see the module docstring); ``loader.batch_sampler``
     knows the dataset indices (:func:`gather_in_order`)."""
     sampler = ShardedBatchSampler(len(dataset), batch_size, du.get_rank(), du.get_world_size())
     kwargs: dict[str, Any] = {"collate_fn": collate_fn} if collate_fn is not None else {}
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, **kwargs)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory, **kwargs)
+
+
+def as_sharded_loader(loader: DataLoader, batch_size: int | None = None) -> DataLoader:
+    """``loader`` itself when it comes from :func:`sharded_loader`, else a sharded loader over the same dataset,
+    workers and collate. A loader that shards sample by sample (rank r reads r, r + world, ...) would batch samples
+    differently from one process; whole-batch sharding keeps the numbers of 1 and N processes identical."""
+    if isinstance(getattr(loader, "batch_sampler", None), ShardedBatchSampler):
+        return loader
+    size = batch_size or loader.batch_size
+    if not size:
+        raise ValueError("as_sharded_loader needs batch_size for a loader built with a custom batch_sampler")
+    return sharded_loader(loader.dataset, size, loader.num_workers, loader.collate_fn, loader.pin_memory)
 
 
 def _local_indices(loader: Iterable[Any], count: int) -> torch.Tensor:
@@ -90,6 +102,24 @@ def gather_in_order(local: torch.Tensor, local_indices: torch.Tensor, size: int)
     return out
 
 
+@torch.no_grad()
+def collect(loader: Iterable[Any], step: Callable[[Any], tuple[torch.Tensor, ...]], size: int,
+            empty: tuple[torch.Tensor, ...], autocast: Any = None) -> tuple[torch.Tensor, ...]:
+    """Run ``step(batch) -> (per-sample tensors, ...)`` over this rank's batches (under ``autocast``) and gather
+    every output over the ranks in dataset order (CPU). ``empty``: zero-row tensors of the outputs' trailing shapes
+    and dtypes, for a rank without batches."""
+    parts: list[tuple[torch.Tensor, ...]] = []
+    count = 0
+    for batch in loader:
+        with autocast if autocast is not None else nullcontext():
+            out = step(batch)
+        parts.append(out)
+        count += len(out[0])
+    indices = _local_indices(loader, count)
+    columns = [torch.cat(c) for c in zip(*parts)] if parts else list(empty)
+    return tuple(gather_in_order(c, indices, size) for c in columns)
+
+
 def sentence_columns(clip_ids: Sequence[Any], sentence_ids: Sequence[Any]) -> np.ndarray:
     """For every sentence id, the row of the clip with that narration_id (one dict lookup per sentence)."""
     lookup = {str(c): i for i, c in enumerate(clip_ids)}
@@ -109,32 +139,29 @@ def mir_similarity(video: torch.Tensor, text: torch.Tensor, columns: np.ndarray 
     return ((video.float() @ text.float().t() + 1) / 2).numpy()
 
 
-@torch.no_grad()
 def encode_mir(model: nn.Module, loader: Iterable[Any], device: torch.device | str, size: int,
                autocast: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised (video, narration-text) embeddings of every clip, in dataset order (gathered over ranks)."""
-    videos, texts, count = [], [], 0
-    for frames, tokens in loader:
-        with autocast if autocast is not None else nullcontext():
-            v = model.encode_video(frames.to(device, non_blocking=True))
-            t = model.encode_text(tokens.to(device, non_blocking=True))
-        videos.append(v.float())
-        texts.append(t.float())
-        count += len(frames)
-    indices = _local_indices(loader, count)
-    dim = _embed_dim(model)
-    video = torch.cat(videos) if videos else torch.zeros(0, dim, device=device)
-    text = torch.cat(texts) if texts else torch.zeros(0, dim, device=device)
-    return gather_in_order(video, indices, size), gather_in_order(text, indices, size)
+    def step(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        frames, tokens = batch[0], batch[1]
+        return (model.encode_video(frames.to(device, non_blocking=True)).float(),
+                model.encode_text(tokens.to(device, non_blocking=True)).float())
+
+    empty = torch.zeros(0, _embed_dim(model), device=device)
+    video, text = collect(loader, step, size, (empty, empty), autocast)
+    return video, text
 
 
-def evaluate_mir(model: nn.Module, loader: Iterable[Any], relevancy: np.ndarray, columns: np.ndarray,
+def evaluate_mir(model: nn.Module, loader: Iterable[Any], relevancy: np.ndarray, columns: np.ndarray | None,
                  device: torch.device | str, autocast: Any = None) -> tuple[dict[str, float], np.ndarray]:
-    """EK100 MIR metrics (fractions) and the (clips x sentences) similarity matrix."""
+    """EK100 MIR metrics (fractions) and the (clips x sentences) similarity matrix. ``columns`` (the clip row of
+    every sentence, :func:`sentence_columns`) default to those of ``loader.dataset``'s ``clips`` / ``sentences``."""
     from lavila.evaluation.retrieval import mir_metrics
 
-    size = len(loader.dataset)  # type: ignore[attr-defined]
-    video, text = encode_mir(model, loader, device, size, autocast)
+    dataset = loader.dataset  # type: ignore[attr-defined]
+    if columns is None:
+        columns = sentence_columns(dataset.clips["narration_id"], dataset.sentences["narration_id"])
+    video, text = encode_mir(model, loader, device, len(dataset), autocast)
     similarity = mir_similarity(video, text, columns)
     if similarity.shape != tuple(relevancy.shape):
         raise ValueError(f"similarity {similarity.shape} does not match the relevancy {tuple(relevancy.shape)}")
@@ -179,18 +206,13 @@ def evaluate_zeroshot_cls(model: nn.Module, loader: Iterable[Any], classes: torc
     the (N, C) cosine scores."""
     from lavila.evaluation.classification import ek100_cls_metrics
 
-    size = len(loader.dataset)  # type: ignore[attr-defined]
-    feats, labels, count = [], [], 0
-    for frames, label in loader:
-        with autocast if autocast is not None else nullcontext():
-            feats.append(model.encode_video(frames.to(device, non_blocking=True)).float())
-        labels.append(torch.as_tensor(label).to(device).long())
-        count += len(frames)
-    indices = _local_indices(loader, count)
-    video = gather_in_order(torch.cat(feats) if feats else torch.zeros(0, classes.shape[1], device=device),
-                            indices, size)
-    targets = gather_in_order(torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device),
-                              indices, size)
+    def step(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        frames, label = batch[0], batch[1]
+        return (model.encode_video(frames.to(device, non_blocking=True)).float(),
+                torch.as_tensor(label).to(device).long())
+
+    empty = (torch.zeros(0, classes.shape[1], device=device), torch.zeros(0, dtype=torch.long, device=device))
+    video, targets = collect(loader, step, len(loader.dataset), empty, autocast)  # type: ignore[attr-defined]
     scores = video @ classes.float().t()
     probs = torch.softmax(scores * _logit_scale(model), dim=1)
     metrics = ek100_cls_metrics(probs.double().numpy(), targets.numpy(), act2verb, act2noun, num_verbs, num_nouns)
@@ -225,3 +247,21 @@ def _logit_scale(model: nn.Module) -> float:
     scale = getattr(model, "logit_scale", None)
     return float(scale.exp()) if isinstance(scale, torch.Tensor) else 1.0 / 0.07
 
+
+
+def egoschema_task(model: nn.Module, loader: Iterable[Any], device: torch.device | str, output_dir: str,
+                   answers: dict[str, int] | None = None, name: str = "egoschema_predictions",
+                   autocast: Any = None) -> dict[str, float]:
+    """EgoSchema end to end: predictions (rank 0 writes ``<name>.json`` in the submission format, and ``.csv``),
+    ``questions`` answered and, with ``answers``, ``accuracy`` (fraction) over the ``scored`` questions."""
+    from lavila.evaluation import egoschema
+
+    predictions = evaluate_egoschema(model, loader, loader.dataset.q_uids, device, autocast)  # type: ignore
+    if du.is_main_process():
+        json_path, _ = egoschema.write_predictions(predictions, output_dir, name)
+        du.print_main(f"EgoSchema predictions (submission format): {json_path}")
+    out: dict[str, float] = {"questions": len(predictions)}
+    if answers is not None:
+        scored = egoschema.score(predictions, answers)
+        out.update({"accuracy": scored["accuracy"], "scored": scored["total"]})
+    return out

@@ -1,13 +1,15 @@
-"""Pieces the engines share: building a model from a checkpoint, pretrained initialisation, MIR evaluation."""
+"""Pieces the engines share: building a model from a checkpoint, pretrained initialisation (``--pretrain-zoo``),
+the MIR evaluation data and call into :mod:`lavila.evaluation.zeroshot`."""
 from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from lavila.train.loop import TrainingError, _resolve_checkpoint_source, checkpoint_model_config, model_overrides
 
@@ -20,6 +22,16 @@ def get_checkpoint(source: str, args: argparse.Namespace) -> dict[str, Any]:
         _CACHE.clear()  # keep at most one checkpoint in memory
         _CACHE[source] = _resolve_checkpoint_source(source, getattr(args, "trust_checkpoint", False))
     return _CACHE[source]
+
+
+def starting_checkpoint(args: argparse.Namespace, task: str) -> dict[str, Any]:
+    """The checkpoint a fine-tuning engine builds its model from: ``--pretrain-model``, or with ``--evaluate`` the
+    ``--resume`` checkpoint."""
+    source = args.pretrain_model or (args.resume if args.evaluate else "")
+    if not source:
+        raise TrainingError(f"{task} starts from a pretrained checkpoint: pass --pretrain-model "
+                            "(path, zoo name or URL)")
+    return get_checkpoint(source, args)
 
 
 def overrides_for(args: argparse.Namespace, ckpt: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
@@ -50,8 +62,40 @@ def load_weights(model: nn.Module, ckpt: dict[str, Any]) -> None:
         raise TrainingError(f"checkpoint does not fit the model: {exc}") from exc
 
 
+def _load_weights_file(path: str, args: argparse.Namespace) -> dict[str, Any]:
+    from lavila.utils.checkpoint import load_checkpoint
+
+    return load_checkpoint(path, trusted=args.trust_checkpoint)
+
+
+def load_clip_state_dict(path: str, args: argparse.Namespace) -> dict[str, Any]:
+    """OpenAI / open_clip CLIP weights from a file: an open_clip ``state_dict`` (.pt/.bin) or OpenAI's TorchScript
+    archive (``ViT-B-16.pt``, read with ``torch.jit.load``; its parameters have the same names)."""
+    import zipfile
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"CLIP weights file {path} does not exist")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            torchscript = any(n.endswith("constants.pkl") for n in zf.namelist())
+        if torchscript:
+            return torch.jit.load(path, map_location="cpu").state_dict()
+    return _load_weights_file(path, args)
+
+
+CLIP_WEIGHTS_HINT = ("nothing is downloaded at model build: save the OpenAI CLIP ViT-B/16 weights once where you "
+                     "have internet (python -c \"import open_clip, torch; torch.save(open_clip.create_model("
+                     "'ViT-B-16', pretrained='openai').state_dict(), 'clip_vitb16_openai.pt')\") and pass")
+
+
 def init_pretrained(model: nn.Module, args: argparse.Namespace) -> None:
-    """``--pretrain-zoo`` initialisation of a fresh CLIP (``none``: random; weights from ``--pretrain-path``)."""
+    """``--pretrain-zoo`` initialisation of a fresh CLIP (``none``: random).
+
+    ``openai`` / ``open_clip``: both towers from the CLIP ViT-B/16 file ``--pretrain-path`` (without it, open_clip's
+    own download/cache is tried; the visual tower is skipped for ViViM). ``deit``: the visual tower from DeiT
+    (ViT / TimeSformer) or Vim (ViViM) weights in ``--pretrain-path`` and the text tower from CLIP ViT-B/16 in
+    ``--pretrain-clip-path`` (as upstream; required). ``lavila``: a checkpoint in ``--pretrain-path``.
+    """
     zoo = args.pretrain_zoo
     if zoo == "none":
         return
@@ -60,10 +104,8 @@ def init_pretrained(model: nn.Module, args: argparse.Namespace) -> None:
     path = args.pretrain_path
     if zoo in ("openai", "open_clip"):
         if path:
-            from lavila.utils.checkpoint import load_checkpoint
-
-            state = load_checkpoint(path, trusted=args.trust_checkpoint)
-        else:
+            state = load_clip_state_dict(path, args)
+        else:  # open_clip's own download / cache
             try:
                 import open_clip
 
@@ -73,59 +115,39 @@ def init_pretrained(model: nn.Module, args: argparse.Namespace) -> None:
                     f"--pretrain-zoo {zoo} needs the CLIP ViT-B/16 weights, which could not be loaded ({exc}); "
                     "pass --pretrain-path FILE, or --pretrain-zoo none for a random initialisation") from exc
         convert.init_from_clip(model, state)
-    elif zoo in ("deit", "lavila"):
+    elif zoo == "deit":
         if not path:
-            raise TrainingError(f"--pretrain-zoo {zoo} needs --pretrain-path (no download here); "
-                                "or use --pretrain-zoo none")
-        from lavila.utils.checkpoint import load_checkpoint
-
-        state = load_checkpoint(path, trusted=args.trust_checkpoint)
-        if zoo == "deit":
-            if getattr(model.visual, "__class__", type).__name__ == "ViViM":
-                convert.init_from_vim(model, state)
-            else:
-                convert.init_from_deit(model, state)
+            raise TrainingError("--pretrain-zoo deit needs the DeiT (ViT) or Vim (ViViM) ImageNet weights in "
+                                "--pretrain-path FILE (no download here); or use --pretrain-zoo none")
+        clip_path = getattr(args, "pretrain_clip_path", None)
+        if not clip_path:
+            raise TrainingError("--pretrain-zoo deit also initialises the text tower from CLIP ViT-B/16 (as upstream): "
+                                f"{CLIP_WEIGHTS_HINT} --pretrain-clip-path FILE")
+        clip_sd = load_clip_state_dict(clip_path, args)
+        state = _load_weights_file(path, args)
+        if type(model.visual).__name__ == "ViViM":
+            convert.init_from_vim(model, state, clip_state_dict=clip_sd)
         else:
-            load_weights(model, state)
-
-
-def require_file(path: str | None, flag: str) -> str:
-    if not path:
-        raise TrainingError(f"{flag} is required")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{flag} {path} does not exist")
-    return path
+            convert.init_from_deit(model, state, clip_state_dict=clip_sd)
+    else:  # lavila
+        if not path:
+            raise TrainingError("--pretrain-zoo lavila needs --pretrain-path FILE; or use --pretrain-zoo none")
+        load_weights(model, _load_weights_file(path, args))
 
 
 def mir_relevancy(dataset: Any, relevancy_path: str | None) -> np.ndarray:
-    """The evaluation relevancy matrix (clips x sentences): the given/default pickle, else rebuilt from the CSVs."""
-    from lavila.data.ek100 import default_relevancy_path
-    from lavila.evaluation.relevancy import build_relevancy, load_relevancy
+    """The evaluation relevancy (clips x sentences) of an ``EK100MIRDataset``."""
+    from lavila.evaluation.relevancy import resolve_relevancy
 
-    expected = (len(dataset.clips), len(dataset.sentences))
-    path = relevancy_path or str(default_relevancy_path(dataset.metadata))
-    if os.path.isfile(path):
-        return load_relevancy(path, expected_shape=expected)
-    if relevancy_path:
-        raise FileNotFoundError(f"--relevancy-path {relevancy_path} does not exist")
-    return build_relevancy(dataset.clips, dataset.sentences)
+    return resolve_relevancy(dataset.clips, dataset.sentences, dataset.metadata, relevancy_path)
 
 
-@torch.no_grad()
-def evaluate_mir(model: nn.Module, loader: Iterable[Any], relevancy: np.ndarray, device: torch.device
-                 ) -> dict[str, float]:
-    """EK100 MIR mAP / nDCG: encode every clip and its narration, reduce the columns to the unique sentences."""
-    from lavila.evaluation.retrieval import mir_metrics
-    from lavila.train.loop import ordered_gather
+def evaluate_mir(model: nn.Module, loader: DataLoader, relevancy: np.ndarray, args: argparse.Namespace,
+                 device: torch.device) -> dict[str, float]:
+    """EK100 MIR mAP / nDCG (fractions) through the evaluation package's loop; whole batches per rank, so N
+    processes give the numbers of one."""
+    from lavila.evaluation import zeroshot
 
-    dataset = loader.dataset
-    videos, texts = [], []
-    for frames, tokens in loader:
-        videos.append(model.encode_video(frames.to(device, non_blocking=True)).float())
-        texts.append(model.encode_text(tokens.to(device, non_blocking=True)).float())
-    n = len(dataset)
-    video = ordered_gather(torch.cat(videos), n).cpu()
-    text = ordered_gather(torch.cat(texts), n).cpu()
-    similarity = (video @ text.t() + 1) / 2
-    similarity = similarity[:, torch.from_numpy(dataset.sentence_clip_rows())].numpy()
-    return mir_metrics(similarity, relevancy)
+    loader = zeroshot.as_sharded_loader(loader, args.batch_size)
+    metrics, _ = zeroshot.evaluate_mir(model, loader, relevancy, None, device)
+    return metrics

@@ -2,17 +2,19 @@
 
 Starts from ``--pretrain-model`` (path, zoo name or URL; the temporal embedding is resized to ``--clip-length``),
 trains with the max-margin ranking loss (margin 0.2) weighted by the caption relevancy (``--mir-loss-weighting none``
-is the reference, which ignores it) and evaluates mAP / nDCG on the test split.
+is the reference, which ignores it) and evaluates mAP / nDCG (fractions; tracked metric ``avg_map``) on the test
+split through :func:`lavila.evaluation.zeroshot.evaluate_mir`.
 """
 from __future__ import annotations
 
 import argparse
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
-from lavila.train.engine_utils import evaluate_mir, get_checkpoint, load_weights, mir_relevancy, overrides_for
+from lavila.train.engine_utils import evaluate_mir, load_weights, mir_relevancy, overrides_for, starting_checkpoint
 from lavila.train.loop import Engine, TrainingError
 from lavila.train.losses import MaxMarginRankingLoss
 
@@ -60,11 +62,7 @@ class RetrievalEngine(Engine):
     def build_model(self, args: argparse.Namespace) -> nn.Module:
         from lavila.models import create_model
 
-        source = args.pretrain_model or (args.resume if args.evaluate else "")
-        if not source:
-            raise TrainingError("MIR fine-tuning starts from a pretrained checkpoint: pass --pretrain-model "
-                                "(path, zoo name or URL)")
-        ckpt = get_checkpoint(source, args)
+        ckpt = starting_checkpoint(args, "MIR fine-tuning")
         name, overrides = overrides_for(args, ckpt)
         model = create_model(name, **overrides)
         if args.pretrain_model:
@@ -80,6 +78,6 @@ class RetrievalEngine(Engine):
         out = model(frames, tokens)
         return criterion(out["image_embed"], out["text_embed"], relevancy)
 
-    def evaluate(self, model: nn.Module, loader: Iterable[Any], args: argparse.Namespace,
+    def evaluate(self, model: nn.Module, loader: DataLoader, args: argparse.Namespace,
                  device: torch.device) -> dict[str, float]:
-        return evaluate_mir(model, loader, self.relevancy, device)
+        return evaluate_mir(model, loader, self.relevancy, args, device)

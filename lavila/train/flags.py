@@ -93,6 +93,8 @@ def add_common_args(parser: argparse.ArgumentParser, *, clip_length: int, epochs
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
     run.add_argument("--save-freq", type=int, default=1, help="epochs between checkpoint.pt saves")
+    run.add_argument("--dist-timeout", type=float, default=None,
+                     help="seconds to wait for the other processes at start-up (default: $LAVILA_DIST_TIMEOUT or 120)")
     # torchrun / the reference's launcher arguments: accepted, the environment decides.
     for flags, kw in ((("--world-size",), {"type": int, "default": 1}), (("--rank",), {"type": int, "default": 0}),
                       (("--local_rank", "--local-rank"), {"type": int, "default": 0, "dest": "local_rank"}),

@@ -380,7 +380,7 @@ def run(engine: Engine, argv: Sequence[str] | None = None, *, args: argparse.Nam
     invocation; ``preemption`` lets a caller request a stop without a signal.
     """
     args = args if args is not None else parse_engine_args(engine, argv)
-    info = du.init_distributed(args.device)
+    info = du.init_distributed(args.device, rendezvous_timeout_s=getattr(args, "dist_timeout", None))
     log = get_logger("lavila")
     flag = preemption or PreemptionFlag()
     flag.install()
@@ -607,7 +607,7 @@ def main(engine: Engine, argv: Sequence[str] | None = None) -> int:
     """Entry-script wrapper: known failures print one clear line instead of a traceback."""
     try:
         summary = run(engine, argv)
-    except (TrainingError, CheckpointError, FileNotFoundError) as exc:
+    except (TrainingError, CheckpointError, FileNotFoundError, du.RendezvousTimeoutError) as exc:
         get_logger("lavila").error(f"error: {exc}")
         return 1
     finally:

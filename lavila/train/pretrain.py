@@ -1,13 +1,17 @@
 """Ego4D video-text pretraining engine (reference ``main_lavila_pretrain.py``): CLIP InfoNCE over the global batch,
 zero-shot EK100 MIR evaluation when ``--val-metadata`` and ``--root-val`` are given (EgoSchema with
-``--evaluate-task egoschema``)."""
+``--evaluate-task egoschema``), both through :mod:`lavila.evaluation.zeroshot`.
+
+Tracked ("best") metric: ``avg_map`` for EK100 MIR (fraction), ``accuracy`` for EgoSchema (fraction; only with
+``--egoschema-answers``)."""
 from __future__ import annotations
 
 import argparse
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from lavila.train.engine_utils import evaluate_mir, get_checkpoint, init_pretrained, mir_relevancy, overrides_for
 from lavila.train.loop import Engine, TrainingError
@@ -28,6 +32,9 @@ class PretrainEngine(Engine):
         g.add_argument("--train-metadata-aux", nargs="+", default=[], help="extra Ego4D metadata pickles")
         g.add_argument("--relevancy-path", default=None, help="EK100 MIR relevancy pickle (default: beside the CSV)")
         g.add_argument("--egoschema-answers", default=None, help="answers JSON to score EgoSchema locally")
+        g.add_argument("--pretrain-clip-path", default=None,
+                       help="CLIP ViT-B/16 weights (open_clip state_dict or OpenAI .pt) for the text tower with "
+                            "--pretrain-zoo deit (DeiT/Vim visual init), as upstream")
         g.add_argument("--freeze-temperature", dest="freeze_temperature", action="store_true",
                        help="keep the temperature at 0.07 (default, as every release recipe)")
         g.add_argument("--no-freeze-temperature", dest="freeze_temperature", action="store_false")
@@ -41,6 +48,7 @@ class PretrainEngine(Engine):
     def prepare_args(self, args: argparse.Namespace, info: Any) -> None:
         if args.evaluate_task and args.evaluate_task != args.dataset_val:
             args.dataset_val = args.evaluate_task
+        self.metric = "avg_map" if args.dataset_val == "ek100_mir" else "accuracy"
 
     def build_datasets(self, args: argparse.Namespace):
         common = {"num_frames": args.clip_length, "chunk_len": args.video_chunk_length, "crop_size": args.input_size,
@@ -92,39 +100,12 @@ class PretrainEngine(Engine):
         out = model(frames, tokens)
         return criterion(out["image_embed"], out["text_embed"], out["logit_scale"])
 
-    def evaluate(self, model: nn.Module, loader: Iterable[Any], args: argparse.Namespace,
+    def evaluate(self, model: nn.Module, loader: DataLoader, args: argparse.Namespace,
                  device: torch.device) -> dict[str, float]:
         if args.dataset_val == "ek100_mir":
-            return evaluate_mir(model, loader, self.relevancy, device)
-        return evaluate_egoschema(model, loader, args, device)
+            return evaluate_mir(model, loader, self.relevancy, args, device)
+        from lavila.evaluation import egoschema, zeroshot
 
-
-@torch.no_grad()
-def evaluate_egoschema(model: nn.Module, loader: Iterable[Any], args: argparse.Namespace,
-                       device: torch.device) -> dict[str, float]:
-    """Zero-shot EgoSchema: the option whose prompt is closest to the video; accuracy when answers are given.
-    Predictions are written to ``<output-dir>/egoschema_predictions.json``."""
-    import json
-    from pathlib import Path
-
-    from lavila.train.loop import ordered_gather
-    from lavila.utils.distributed import is_main_process
-
-    preds = []
-    for frames, options, _ in loader:
-        video = model.encode_video(frames.to(device))
-        text = model.encode_text(options.to(device).flatten(0, 1)).view(options.shape[0], options.shape[1], -1)
-        preds.append(torch.einsum("bd,bkd->bk", video.float(), text.float()).argmax(-1))
-    dataset = loader.dataset
-    pred = ordered_gather(torch.cat(preds), len(dataset)).cpu().tolist()
-    uids = [q["q_uid"] for q in dataset.questions]
-    result = dict(zip(uids, pred))
-    if is_main_process():
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(args.output_dir) / "egoschema_predictions.json").write_text(json.dumps(result, indent=1))
-    metrics: dict[str, float] = {"answered": float(len(result))}
-    if args.egoschema_answers:
-        answers = {str(k): int(v) for k, v in json.loads(Path(args.egoschema_answers).read_text()).items()}
-        scored = [int(result[u] == answers[u]) for u in uids if u in answers]
-        metrics["accuracy"] = 100.0 * sum(scored) / max(len(scored), 1)
-    return metrics
+        answers = egoschema.load_answers(args.egoschema_answers) if args.egoschema_answers else None
+        return zeroshot.egoschema_task(model, zeroshot.as_sharded_loader(loader, args.batch_size), device,
+                                       args.output_dir, answers)

@@ -45,6 +45,7 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        _fault_injection_pause()
         os.replace(tmp_name, path)
     except BaseException:
         try:
@@ -53,6 +54,16 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
             pass
         raise
     return path
+
+
+def _fault_injection_pause() -> None:
+    """Test hook: ``LAVILA_FAULT_SAVE_SLEEP=<seconds>`` sleeps between writing the temporary file and renaming it,
+    so the reliability tests can kill a process in the middle of a save. Unset in normal use."""
+    delay = os.environ.get("LAVILA_FAULT_SAVE_SLEEP")
+    if delay:
+        import time
+
+        time.sleep(float(delay))
 
 
 # ------------------------------------------------------------------------------------------------ loading

@@ -142,9 +142,35 @@ def _env_from_slurm() -> None:
         os.environ["MASTER_PORT"] = str(20000 + job % 20000)
 
 
+DEFAULT_RENDEZVOUS_TIMEOUT_S = 120.0
+RENDEZVOUS_TIMEOUT_ENV = "LAVILA_DIST_TIMEOUT"
+
+
+class RendezvousTimeoutError(RuntimeError):
+    """The other processes of a distributed job did not join in time."""
+
+
+def rendezvous_timeout(seconds: float | None = None) -> float:
+    """Seconds to wait for the other ranks at start-up: ``seconds``, else ``$LAVILA_DIST_TIMEOUT``, else 120."""
+    if seconds is None:
+        env = os.environ.get(RENDEZVOUS_TIMEOUT_ENV, "").strip()
+        try:
+            seconds = float(env) if env else DEFAULT_RENDEZVOUS_TIMEOUT_S
+        except ValueError:
+            raise ValueError(f"{RENDEZVOUS_TIMEOUT_ENV}={env!r} is not a number of seconds") from None
+    if seconds <= 0:
+        raise ValueError(f"the rendezvous timeout must be > 0 seconds, got {seconds}")
+    return float(seconds)
+
+
 def init_distributed(device: str | torch.device | None = None, backend: str | None = None,
-                     timeout_minutes: int = 60) -> DistInfo:
-    """Initialise the process group from torchrun or Slurm variables, or return a single-process ``DistInfo``."""
+                     timeout_minutes: int = 60, rendezvous_timeout_s: float | None = None) -> DistInfo:
+    """Initialise the process group from torchrun or Slurm variables, or return a single-process ``DistInfo``.
+
+    Joining the group waits at most ``rendezvous_timeout_s`` (default ``$LAVILA_DIST_TIMEOUT`` or 120 s; the
+    ``--dist-timeout`` flag) and then raises ``RendezvousTimeoutError``: a stale ``RANK``/``WORLD_SIZE`` in the
+    environment fails fast instead of waiting for peers that never come. Collectives afterwards time out after
+    ``timeout_minutes``."""
     if is_dist():
         rank, world = dist.get_rank(), dist.get_world_size()
         local = int(os.environ.get("LOCAL_RANK", 0))
@@ -165,8 +191,21 @@ def init_distributed(device: str | torch.device | None = None, backend: str | No
     backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29500")
-    dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(minutes=timeout_minutes))
+    wait = rendezvous_timeout(rendezvous_timeout_s)
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    try:
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=wait))
+    except (RuntimeError, ValueError) as exc:  # torch raises DistStoreError / DistNetworkError (RuntimeError)
+        if is_dist():
+            dist.destroy_process_group()
+        raise RendezvousTimeoutError(
+            f"rank {rank} of {world}: could not join the process group at {where} within {wait:g} s ({exc}). "
+            "The other processes did not start or cannot reach this host. If this is not meant to be a "
+            "distributed run, unset RANK/WORLD_SIZE (and SLURM_NTASKS); if peers start slowly, raise "
+            f"--dist-timeout or {RENDEZVOUS_TIMEOUT_ENV}.") from exc
+    # The short limit was for joining; collectives (e.g. waiting for rank 0's evaluation) get the long one.
+    dist.distributed_c10d._set_pg_timeout(datetime.timedelta(minutes=timeout_minutes))
     return DistInfo(rank, world, local, dev, True)
 
 
