@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
 # ---- model ------------------------------------------------------------------------------------------------------
 
 def _checkpoint_norm(ckpt: dict[str, Any] | None) -> str | None:
-    args = (ckpt or {}).get("args")
-    value = args.get("norm_style") if isinstance(args, dict) else getattr(args, "norm_style", None)
+    from lavila.zoo import checkpoint_args
+
+    value = checkpoint_args(ckpt or {}).get("norm_style")
     return value if value in ("openai", "timm") else None
 
 

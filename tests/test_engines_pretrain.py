@@ -224,6 +224,20 @@ def test_deit_init_without_clip_weights_is_a_clear_error(deit_and_clip_files):
         init_pretrained(model, _init_args(pretrain_path=str(deit_path), pretrain_clip_path="missing.pt"))
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_clip_weights_file_may_be_openai_torchscript(tmp_path):
+    from lavila.train.engine_utils import load_clip_state_dict
+
+    layer = torch.nn.Linear(2, 3)
+    torch.jit.script(layer).save(str(tmp_path / "ViT-B-16.pt"))  # OpenAI's release format is a TorchScript archive
+    torch.save(layer.state_dict(), tmp_path / "open_clip.pt")
+    args = _init_args()
+    for name in ("ViT-B-16.pt", "open_clip.pt"):
+        sd = load_clip_state_dict(str(tmp_path / name), args)
+        assert sd.keys() == {"weight", "bias"} and torch.equal(sd["weight"], layer.weight)
+
+
 def test_pretrain_engine_accepts_pretrain_clip_path(data, tmp_path, deit_and_clip_files):
     deit_path, clip_path, _, _ = deit_and_clip_files
     p = paths(data)

@@ -25,6 +25,18 @@ def reference_row(sim: np.ndarray, rel: np.ndarray) -> tuple[float, float]:
     return ap, (dcg / idcg if k else math.nan)
 
 
+def _assert_matches_reference(sim: np.ndarray, rel: np.ndarray, num_threads: int) -> None:
+    """Per-row AP / nDCG of both directions equal the straightforward per-row reference."""
+    n, m = rel.shape
+    scores = retrieval_scores(sim, rel, num_threads=num_threads)
+    ref_v = np.array([reference_row(sim[i], rel[i]) for i in range(n)])
+    ref_t = np.array([reference_row(sim[:, j], rel[:, j]) for j in range(m)])
+    np.testing.assert_allclose(scores["vis_ap"], ref_v[:, 0], atol=1e-12)
+    np.testing.assert_allclose(scores["vis_ndcg"], ref_v[:, 1], atol=1e-12)
+    np.testing.assert_allclose(scores["txt_ap"], ref_t[:, 0], atol=1e-12)
+    np.testing.assert_allclose(scores["txt_ndcg"], ref_t[:, 1], atol=1e-12)
+
+
 def test_perfect_ranking_scores_one():
     rel = np.array([[1.0, 0.5, 0.0], [0.0, 1.0, 0.25], [0.5, 0.0, 1.0]])
     sim = rel + 0.01 * np.arange(3)[::-1]  # relevancy order, no ties between different relevancies
@@ -114,13 +126,7 @@ def test_matches_per_row_reference_on_random_matrices(dtype, levels):
     rel = np.where(rng.random((n, m)) < 0.3, rng.choice([0.25, 0.5, 1.0, 1 / 3], size=(n, m)), 0.0)
     rel[np.arange(n), rng.integers(0, m, n)] = 1.0
     rel[rng.integers(0, n, m), np.arange(m)] = 1.0
-    scores = retrieval_scores(sim, rel, num_threads=2)
-    ref_v = np.array([reference_row(sim[i], rel[i]) for i in range(n)])
-    ref_t = np.array([reference_row(sim[:, j], rel[:, j]) for j in range(m)])
-    np.testing.assert_allclose(scores["vis_ap"], ref_v[:, 0], atol=1e-12)
-    np.testing.assert_allclose(scores["vis_ndcg"], ref_v[:, 1], atol=1e-12)
-    np.testing.assert_allclose(scores["txt_ap"], ref_t[:, 0], atol=1e-12)
-    np.testing.assert_allclose(scores["txt_ndcg"], ref_t[:, 1], atol=1e-12)
+    _assert_matches_reference(sim, rel, num_threads=2)
 
 
 def test_thread_count_does_not_change_results():
@@ -181,10 +187,4 @@ def test_tie_fixups_and_exact_fallback_agree_with_reference(monkeypatch, budget)
     rel = np.where(rng.random((n, m)) < 0.4, rng.choice([0.5, 1.0], size=(n, m)), 0.0)
     rel[:, 0] = 1.0
     rel[0, :] = 1.0
-    scores = retrieval_scores(sim, rel, num_threads=1)
-    ref_v = np.array([reference_row(sim[i], rel[i]) for i in range(n)])
-    ref_t = np.array([reference_row(sim[:, j], rel[:, j]) for j in range(m)])
-    np.testing.assert_allclose(scores["vis_ap"], ref_v[:, 0], atol=1e-12)
-    np.testing.assert_allclose(scores["vis_ndcg"], ref_v[:, 1], atol=1e-12)
-    np.testing.assert_allclose(scores["txt_ap"], ref_t[:, 0], atol=1e-12)
-    np.testing.assert_allclose(scores["txt_ndcg"], ref_t[:, 1], atol=1e-12)
+    _assert_matches_reference(sim, rel, num_threads=1)

@@ -44,12 +44,13 @@ def overrides_for(args: argparse.Namespace, ckpt: dict[str, Any] | None) -> tupl
         name = ck_name or name
         ck_over = {k: v for k, v in ck_over.items() if k not in ("num_frames", "drop_path_rate")}
         overrides = {**overrides, **ck_over}
-        released = ckpt.get("args")
-        if not ck_over and released is not None:  # released file: dimensions from its args
-            get = released.get if isinstance(released, dict) else lambda k, d=None: getattr(released, k, d)
+        if not ck_over:  # released file: dimensions from its args
+            from lavila.zoo import checkpoint_args
+
+            released = checkpoint_args(ckpt)
             for key in ("project_embed_dim", "context_length", "vocab_size"):
-                if get(key, None) is not None:
-                    overrides[key] = get(key)
+                if released.get(key) is not None:
+                    overrides[key] = released[key]
     return name, overrides
 
 

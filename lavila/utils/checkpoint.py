@@ -139,8 +139,9 @@ def load_checkpoint(path: str | os.PathLike, trusted: bool = False, map_location
             "Loading it would run arbitrary pickled code. If you trust where this file came from, load it with "
             "load_checkpoint(path, trusted=True) or pass --trust-checkpoint to the entry scripts."
         ) from exc
-    except (RuntimeError, EOFError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a torch checkpoint?): {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, KeyError... on a broken file
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a torch checkpoint?): "
+                              f"{type(exc).__name__}: {exc}") from exc
 
 
 def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
