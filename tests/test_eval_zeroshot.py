@@ -47,23 +47,6 @@ def test_sharded_batches_cover_every_index_in_single_process_batches():
     assert sorted(shards[0].indices() + shards[1].indices()) == list(range(11))
 
 
-def test_as_sharded_loader_rebatches_a_sample_sharded_loader(monkeypatch):
-    """The training loop's evaluation loader shards sample by sample; the engines re-batch it so that rank r of N
-    encodes exactly the batches one process would (r, r + N, ...)."""
-    from torch.utils.data import DataLoader
-
-    from lavila.train.sampler import ShardSampler
-
-    data = list(range(11))
-    interleaved = DataLoader(data, batch_size=3, sampler=ShardSampler(11, 1, 2))
-    assert [b.tolist() for b in interleaved] == [[1, 3, 5], [7, 9]]  # not a batch of one process
-    monkeypatch.setattr(zeroshot.du, "get_rank", lambda: 1)
-    monkeypatch.setattr(zeroshot.du, "get_world_size", lambda: 2)
-    loader = zeroshot.as_sharded_loader(interleaved)
-    assert [b.tolist() for b in loader] == [[3, 4, 5], [9, 10]]
-    assert zeroshot.as_sharded_loader(loader) is loader
-
-
 def test_sentence_columns_uses_narration_ids():
     cols = zeroshot.sentence_columns(["a", "b", "c"], ["c", "a"])
     assert cols.tolist() == [2, 0]

@@ -99,7 +99,7 @@ def test_malicious_checkpoint_is_refused_and_never_runs(tmp_path):
 def test_plain_pickle_with_payload_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
-    path.write_bytes(pickle.dumps({"model": _Payload(marker)}))
+    path.write_bytes(pickle.dumps({"model": _Payload(marker)}, protocol=2))
     with pytest.raises(CheckpointError):
         load_checkpoint(path)
     assert not marker.exists()

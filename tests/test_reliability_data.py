@@ -164,7 +164,7 @@ _time = st.one_of(st.floats(-5, 40, allow_nan=False), st.just(float("nan")), st.
 _row = st.tuples(st.sampled_from([*KINDS, "fuzz"]), _time, _time)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(video_bytes=st.binary(min_size=0, max_size=2048), rows=st.lists(_row, min_size=1, max_size=6),
        prefix_real_header=st.booleans())
 def test_random_videos_and_rows_never_crash_or_misindex(bad_root, video_bytes, rows, prefix_real_header):
@@ -209,3 +209,12 @@ def test_first_read_of_a_video_equals_later_reads(tmp_path_factory, fused):
     for i, frames in zip(order, later):
         first = make()[i][0]  # a fresh dataset: this is the first read of that video
         assert torch.equal(first, frames), i
+
+
+def test_synthetic_generate_without_egoschema_questions(tmp_path):
+    from lavila.data.synthetic import generate
+
+    manifest = generate(tmp_path, seed=1, ego4d_videos=1, ek100_train_videos=1, ek100_test_videos=1,
+                        egoschema_questions=0, video_sec=4.0)
+    assert manifest["egoschema"]["questions_count"] == 0
+    assert (tmp_path / "egoschema" / "questions.json").read_text().strip() == "[]"

@@ -136,7 +136,9 @@ def test_kill9_during_checkpoint_save_keeps_last_good_checkpoint(data, tmp_path,
     assert reached, "never observed a save in progress"
     survived = load_checkpoint(out / CHECKPOINT)
     assert survived["epoch"] == 1 and survived["global_step"] == 4
+    assert any(out.glob(f".{CHECKPOINT}.*.tmp"))  # the torn temporary file...
     _assert_resumes_identically(data, out, reference, in_process=False)
+    assert not any(out.glob(f".{CHECKPOINT}.*.tmp"))  # ...is removed by the next save
 
 
 def _signal_run(data: Path, out: Path, sig: int, at_step: int) -> subprocess.Popen:

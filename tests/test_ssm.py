@@ -208,6 +208,25 @@ def test_falls_back_to_torch_without_compiler(monkeypatch, tmp_path):
 
 
 @needs_kernel
+def test_loading_the_kernel_keeps_denormals(tmp_path):
+    """Loading the compiled kernel must not switch the process to flush-to-zero (what -ffast-math builds do)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, torch\n"
+        "from lavila.models import ssm_cpu\n"
+        "assert ssm_cpu.load_kernel() is not None, ssm_cpu.kernel_error()\n"
+        "tiny = np.float32(1e-40)\n"
+        "assert tiny * np.float32(1.0) != 0, 'numpy denormal flushed'\n"
+        "assert (torch.tensor([1e-40]) * 1.0).item() != 0, 'torch denormal flushed'\n"
+    )
+    env = {**__import__("os").environ, ssm_cpu.CACHE_ENV: str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+
+@needs_kernel
 def test_cpu_kernel_threads_agree(monkeypatch):
     """The threaded split over channels gives the same numbers as one thread."""
     inputs = {k: v.float() for k, v in make_inputs(b=2, d=64, n=16, length=300, seed=8).items()}

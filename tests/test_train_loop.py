@@ -9,8 +9,8 @@ import yaml
 from torch import nn
 from torch.utils.data import Dataset
 
-from lavila.train.loop import CHECKPOINT, Engine, main, ordered_gather, run
-from lavila.train.sampler import PerSampleSeededDataset, ResumableDistributedSampler, ShardSampler
+from lavila.train.loop import CHECKPOINT, Engine, build_loader, main, run
+from lavila.train.sampler import PerSampleSeededDataset, ResumableDistributedSampler
 from lavila.utils.checkpoint import load_checkpoint
 
 
@@ -109,10 +109,22 @@ def test_resumable_sampler_shards_pads_and_skips():
     assert list(other) != order  # reshuffled every epoch
 
 
-def test_shard_sampler_and_ordered_gather():
-    assert [list(ShardSampler(5, r, 2)) for r in range(2)] == [[0, 2, 4], [1, 3]]
-    x = torch.arange(6.0).view(3, 2)
-    assert torch.equal(ordered_gather(x, 3), x)
+def test_evaluation_loader_gives_each_rank_whole_batches(monkeypatch):
+    """Evaluation goes through zeroshot.sharded_loader: rank r of N encodes exactly the batches r, r + N, ... of one
+    process, so the gathered results (in dataset order) match one process."""
+    from lavila.evaluation import zeroshot
+    from lavila.utils.distributed import DistInfo
+
+    args = argparse.Namespace(batch_size=3, workers=0, seed=0, skip_policy="skip")
+    batches = {}
+    for rank in range(2):
+        monkeypatch.setattr(zeroshot.du, "get_rank", lambda r=rank: r)
+        monkeypatch.setattr(zeroshot.du, "get_world_size", lambda: 2)
+        info = DistInfo(rank, 2, rank, torch.device("cpu"), True)
+        loader = build_loader(list(range(11)), args, info, training=False)
+        assert isinstance(loader.batch_sampler, zeroshot.ShardedBatchSampler)
+        batches[rank] = [b.tolist() for b in loader]
+    assert batches == {0: [[0, 1, 2], [6, 7, 8]], 1: [[3, 4, 5], [9, 10]]}
 
 
 def test_per_sample_seed_is_independent_of_access_order():

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lavila.utils import distributed as du
 
-__all__ = ["ShardedBatchSampler", "sharded_loader", "as_sharded_loader", "gather_in_order", "collect",
+__all__ = ["ShardedBatchSampler", "sharded_loader", "gather_in_order", "collect",
            "sentence_columns", "mir_similarity", "encode_mir", "evaluate_mir", "encode_texts", "class_embeddings",
            "evaluate_zeroshot_cls", "evaluate_egoschema", "egoschema_task"]
 
@@ -61,18 +61,6 @@ def sharded_loader(dataset: Dataset, batch_size: int, num_workers: int = 0,
     sampler = ShardedBatchSampler(len(dataset), batch_size, du.get_rank(), du.get_world_size())
     kwargs: dict[str, Any] = {"collate_fn": collate_fn} if collate_fn is not None else {}
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory, **kwargs)
-
-
-def as_sharded_loader(loader: DataLoader, batch_size: int | None = None) -> DataLoader:
-    """``loader`` itself when it comes from :func:`sharded_loader`, else a sharded loader over the same dataset,
-    workers and collate. A loader that shards sample by sample (rank r reads r, r + world, ...) would batch samples
-    differently from one process; whole-batch sharding keeps the numbers of 1 and N processes identical."""
-    if isinstance(getattr(loader, "batch_sampler", None), ShardedBatchSampler):
-        return loader
-    size = batch_size or loader.batch_size
-    if not size:
-        raise ValueError("as_sharded_loader needs batch_size for a loader built with a custom batch_sampler")
-    return sharded_loader(loader.dataset, size, loader.num_workers, loader.collate_fn, loader.pin_memory)
 
 
 def _local_indices(loader: Iterable[Any], count: int) -> torch.Tensor:

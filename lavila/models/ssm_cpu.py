@@ -230,7 +230,11 @@ def _c_source() -> str:
     return "".join(parts)
 
 
-_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fPIC", "-shared", "-std=c99"]
+# Not -ffast-math: GCC (< 13) then links crtfastmath.o into the shared library, whose constructor switches the
+# whole process to flush-denormals-to-zero the moment the kernel is loaded. These flags allow the same
+# vectorisation of the sums without touching global floating-point state.
+_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
+          "-fassociative-math", "-freciprocal-math", "-fPIC", "-shared", "-std=c99"]
 
 _lock = threading.Lock()
 _state: dict = {}

@@ -145,10 +145,9 @@ def mir_relevancy(dataset: Any, relevancy_path: str | None) -> np.ndarray:
 
 def evaluate_mir(model: nn.Module, loader: DataLoader, relevancy: np.ndarray, args: argparse.Namespace,
                  device: torch.device) -> dict[str, float]:
-    """EK100 MIR mAP / nDCG (fractions) through the evaluation package's loop; whole batches per rank, so N
-    processes give the numbers of one."""
+    """EK100 MIR mAP / nDCG (fractions) through the evaluation package's loop (``loader``: the training loop's
+    evaluation loader, a :func:`lavila.evaluation.zeroshot.sharded_loader`)."""
     from lavila.evaluation import zeroshot
 
-    loader = zeroshot.as_sharded_loader(loader, args.batch_size)
     metrics, _ = zeroshot.evaluate_mir(model, loader, relevancy, None, device)
     return metrics

@@ -151,9 +151,7 @@ class ClassificationEngine(Engine):
     def evaluate(self, model: nn.Module, loader: DataLoader, args: argparse.Namespace,
                  device: torch.device) -> dict[str, float]:
         from lavila.evaluation.classification import ek100_cls_metrics
-        from lavila.evaluation.zeroshot import as_sharded_loader, collect
-
-        loader = as_sharded_loader(loader, args.batch_size)
+        from lavila.evaluation.zeroshot import collect
 
         def step(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
             return model(batch[0].to(device, non_blocking=True)).float(), batch[1].to(device).long()

@@ -17,8 +17,9 @@ Resuming: when ``<output-dir>/checkpoint.pt`` exists the run continues from it (
 ``--resume``). With the same flags and seed the final weights are bit-identical to an uninterrupted run on CPU
 (tested with ``--workers 0``): the sampler restarts at the saved position, each training sample's augmentation is
 seeded by (seed, epoch, index) (``PerSampleSeededDataset``, which also makes it independent of the number of
-processes), and the global RNG states of every rank are restored. ``--fused-decode-crop`` breaks this (the data
-layer then decodes the first clip of each video differently).
+processes), and the global RNG states of every rank are restored. This holds with and without
+``--fused-decode-crop`` (the fused path reads each video's frame size from its header, so every read of a clip is
+decoded the same way), but do not switch that flag between the interrupted and the resumed run.
 
 Preemption: SIGTERM and SIGUSR1 (what Slurm sends before it preempts or times out a job, e.g. with
 ``#SBATCH --signal=USR1@120``; torchrun forwards SIGTERM to its workers) set a flag; at the next optimiser-step
@@ -48,7 +49,7 @@ from torch.utils.data import DataLoader, Dataset
 from lavila.config import parse_args, resolved_config, save_resolved_config
 from lavila.train.flags import parse_overrides
 from lavila.train.optim import build_optimizer
-from lavila.train.sampler import PerSampleSeededDataset, ResumableDistributedSampler, ShardSampler
+from lavila.train.sampler import PerSampleSeededDataset, ResumableDistributedSampler
 from lavila.train.schedule import cosine_scheduler, set_lr
 from lavila.utils import distributed as du
 from lavila.utils.checkpoint import (
@@ -159,18 +160,6 @@ def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, key, None) is not None:
             out[key] = getattr(args, key)
     out.update(parse_overrides(args.model_overrides))
-    return out
-
-
-def ordered_gather(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Undo ``ShardSampler``'s interleaving after a gather: row ``i`` of the result is dataset item ``i``."""
-    world = du.get_world_size()
-    gathered = du.all_gather(x)
-    if world == 1:
-        return gathered
-    order = torch.cat([torch.arange(r, size, world) for r in range(world)])
-    out = torch.empty_like(gathered)
-    out[order.to(gathered.device)] = gathered
     return out
 
 
@@ -338,21 +327,25 @@ def restore_training_state(ckpt: dict[str, Any], model: nn.Module, optimizer: to
 
 def build_loader(dataset: Dataset, args: argparse.Namespace, info: du.DistInfo, training: bool) -> DataLoader:
     """Training: resumable sharded shuffle, ``drop_last``, skip-and-count collate (``--skip-policy``).
-    Evaluation: in-order shards without padding; unreadable samples raise."""
+    Evaluation: :func:`lavila.evaluation.zeroshot.sharded_loader` (rank r takes whole batches r, r + world, ..., so
+    N processes give the numbers of one); unreadable samples raise."""
     from lavila.data.loader import SkipCollate, SkipTracker, attach_skip_tracker
 
     tracker = SkipTracker()
     attach_skip_tracker(dataset, tracker)
+    pin_memory = info.device.type == "cuda"
     if training:
         dataset = PerSampleSeededDataset(dataset, seed=args.seed)
-        sampler: Any = ResumableDistributedSampler(len(dataset), info.rank, info.world_size, shuffle=True,
-                                                   seed=args.seed)
+        sampler = ResumableDistributedSampler(len(dataset), info.rank, info.world_size, shuffle=True, seed=args.seed)
+        generator = torch.Generator().manual_seed(args.seed + info.rank)  # worker seeds; leaves the global RNG alone
+        loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                            collate_fn=SkipCollate(tracker, args.skip_policy), drop_last=True, pin_memory=pin_memory,
+                            generator=generator)
     else:
-        sampler = ShardSampler(len(dataset), info.rank, info.world_size)
-    generator = torch.Generator().manual_seed(args.seed + info.rank)  # worker seeds; leaves the global RNG alone
-    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                        collate_fn=SkipCollate(tracker, args.skip_policy if training else "raise"),
-                        drop_last=training, pin_memory=info.device.type == "cuda", generator=generator)
+        from lavila.evaluation.zeroshot import sharded_loader
+
+        loader = sharded_loader(dataset, args.batch_size, args.workers, SkipCollate(tracker, "raise"),
+                                pin_memory=pin_memory)
     loader.skip_tracker = tracker  # type: ignore[attr-defined]
     return loader
 

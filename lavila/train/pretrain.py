@@ -107,5 +107,4 @@ class PretrainEngine(Engine):
         from lavila.evaluation import egoschema, zeroshot
 
         answers = egoschema.load_answers(args.egoschema_answers) if args.egoschema_answers else None
-        return zeroshot.egoschema_task(model, zeroshot.as_sharded_loader(loader, args.batch_size), device,
-                                       args.output_dir, answers)
+        return zeroshot.egoschema_task(model, loader, device, args.output_dir, answers)

@@ -1,4 +1,5 @@
-"""Samplers that shard a dataset over ranks and can resume in the middle of an epoch."""
+"""The resumable distributed training sampler and per-sample seeding (evaluation sharding:
+:func:`lavila.evaluation.zeroshot.sharded_loader`)."""
 from __future__ import annotations
 
 import random
@@ -43,19 +44,6 @@ class ResumableDistributedSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.per_rank - self.start
-
-
-class ShardSampler(Sampler[int]):
-    """Evaluation sharding without padding: rank ``r`` reads ``r, r + world, ...`` in order."""
-
-    def __init__(self, size: int, rank: int = 0, world_size: int = 1) -> None:
-        self.size, self.rank, self.world = size, rank, world_size
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.size, self.world))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.size, self.world))
 
 
 class PerSampleSeededDataset(Dataset):

@@ -39,6 +39,8 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to ``path`` atomically (temporary file in the same folder, fsync, ``os.replace``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed in the middle of a save
+        stale.unlink(missing_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

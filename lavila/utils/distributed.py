@@ -192,6 +192,9 @@ def init_distributed(device: str | torch.device | None = None, backend: str | No
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29500")
     wait = rendezvous_timeout(rendezvous_timeout_s)
+    set_timeout = getattr(dist, "set_timeout", None) or getattr(dist.distributed_c10d, "_set_pg_timeout", None)
+    if set_timeout is None:  # older torch cannot lengthen the timeout afterwards: wait the long one from the start
+        wait = max(wait, timeout_minutes * 60.0)
     where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
     try:
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
@@ -205,7 +208,8 @@ def init_distributed(device: str | torch.device | None = None, backend: str | No
             "distributed run, unset RANK/WORLD_SIZE (and SLURM_NTASKS); if peers start slowly, raise "
             f"--dist-timeout or {RENDEZVOUS_TIMEOUT_ENV}.") from exc
     # The short limit was for joining; collectives (e.g. waiting for rank 0's evaluation) get the long one.
-    dist.distributed_c10d._set_pg_timeout(datetime.timedelta(minutes=timeout_minutes))
+    if set_timeout is not None:
+        set_timeout(datetime.timedelta(minutes=timeout_minutes))
     return DistInfo(rank, world, local, dev, True)
 
 
