@@ -85,9 +85,7 @@ def _checkpoint_norm(ckpt: dict[str, Any] | None) -> str | None:
 def build_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model (eval mode) and its data settings: ``num_frames``, ``crop``, ``norm``, ``context_length``."""
     from lavila.models import convert, create_model
-    from lavila.models.registry import OVERRIDES
     from lavila.train.flags import parse_overrides
-    from lavila.utils.checkpoint import unwrap_state_dict
 
     overrides = parse_overrides(args.model_overrides)
     ckpt = None
@@ -98,13 +96,7 @@ def build_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, An
         ckpt = load_checkpoint(zoo.resolve(args.resume), trusted=args.trust_checkpoint)
     if args.clip_length is not None:
         overrides["num_frames"] = args.clip_length
-    if ckpt is not None and ckpt.get("model_config"):  # this project's checkpoint: full stored config
-        config = ckpt["model_config"]
-        name = args.model or ckpt.get("model_name") or config.get("name")
-        stored = {k: config[k] for k in OVERRIDES if k in config and k != "drop_path_rate"}
-        model = create_model(name, **{**stored, **overrides})
-        convert.load_released_state_dict(model, unwrap_state_dict(ckpt))
-    elif ckpt is not None:  # released checkpoint (args Namespace)
+    if ckpt is not None:  # this project's checkpoint (stored model_config) or a released one (args)
         model = convert.build_from_released_checkpoint(ckpt, num_frames=overrides.pop("num_frames", None),
                                                        model_name=args.model, **overrides)
     else:

@@ -254,15 +254,10 @@ def _state_dict_of(ckpt: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def frames_from_state_dict(state_dict: Mapping[str, Any]) -> int | None:
-    """Frame count from the temporal embedding: ``temporal_embed [1,T,D]``, ``temporal_embedding [T,D]``/``[T,1,D]``."""
-    for key, value in state_dict.items():
-        name = key.removeprefix("module.")
-        shape = tuple(getattr(value, "shape", ()))
-        if name == "visual.temporal_embed" and len(shape) == 3:
-            return int(shape[1])
-        if name == "visual.temporal_embedding" and len(shape) in (2, 3):
-            return int(shape[0])
-    return None
+    """Frame count from the temporal embedding (:func:`lavila.models.convert.checkpoint_frames`)."""
+    from lavila.models.convert import checkpoint_frames
+
+    return checkpoint_frames(state_dict)
 
 
 def infer_model_spec(ckpt: Mapping[str, Any], entry: ZooEntry | None = None) -> dict[str, Any]:
@@ -288,14 +283,15 @@ def build_model_from_checkpoint(name_or_path_or_url: str | os.PathLike | Mapping
                                 **overrides: Any):
     """Build the checkpoint's model (CLIP or VideoClassifier) with its frame count and load its weights strictly.
 
-    The model name comes from ``model``, else the checkpoint's ``args.model``, else the zoo entry (released CLS files
-    keep no model name). ``num_frames`` different from the checkpoint's resizes the temporal embedding.
+    The model name comes from ``model``, else the checkpoint's ``model_name`` / ``args.model``, else the zoo entry
+    (released CLS files keep no model name). ``num_frames`` different from the checkpoint's resizes the temporal
+    embedding.
     """
-    from lavila.models.convert import build_from_released_checkpoint
+    from lavila.models.convert import build_from_released_checkpoint, checkpoint_model_spec
 
     if isinstance(name_or_path_or_url, Mapping):
         ckpt, entry = name_or_path_or_url, None
     else:
         ckpt, entry = load(name_or_path_or_url, cache_dir=cache_dir), get_entry(os.fspath(name_or_path_or_url))
-    spec = infer_model_spec(ckpt, entry) if model is None else {"model": model}
-    return build_from_released_checkpoint(ckpt, num_frames=num_frames, model_name=spec["model"], **overrides)
+    name = model or checkpoint_model_spec(ckpt)[0] or infer_model_spec(ckpt, entry)["model"]
+    return build_from_released_checkpoint(ckpt, num_frames=num_frames, model_name=name, **overrides)

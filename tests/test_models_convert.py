@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from lavila.models import VideoClassifier, create_model
 from lavila.models.convert import (
     build_from_released_checkpoint,
+    checkpoint_model_spec,
     load_released_state_dict,
     resize_temporal,
     unwrap_state_dict,
@@ -57,6 +58,26 @@ def test_save_and_load_round_trip(tmp_path, name):
                                                              if k not in ("project_embed_dim", "context_length",
                                                                           "vocab_size")})
     assert rebuilt.num_frames == 2 and rebuilt.config["name"] == name
+
+
+def test_project_checkpoint_is_rebuilt_from_its_stored_model_config():
+    """This project's checkpoints carry ``model_name`` / ``model_config``: no override is needed to rebuild them,
+    and their args (the flags of the run, here a different default model) do not decide the architecture."""
+    torch.manual_seed(0)
+    model = create_model("CLIP_ViViM_tiny", num_frames=3, **TINY).eval()
+    _randomise(model)
+    ckpt = {"state_dict": model.state_dict(), "model_name": "CLIP_ViViM_tiny", "model_config": dict(model.config),
+            "args": {"model": "CLIP_TimeSformerB16", "clip_length": 16}}
+    name, overrides = checkpoint_model_spec(ckpt)
+    assert name == "CLIP_ViViM_tiny" and overrides["num_frames"] == 3 and overrides["depth"] == 1
+    rebuilt = build_from_released_checkpoint(ckpt).eval()
+    assert rebuilt.config["name"] == "CLIP_ViViM_tiny" and rebuilt.num_frames == 3
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, rebuilt.state_dict()[k]), k
+    assert build_from_released_checkpoint(ckpt, num_frames=5).num_frames == 5  # resized temporal embedding
+    released = _released(model, "CLIP_ViViM_tiny", 3)
+    assert checkpoint_model_spec(released) == ("CLIP_ViViM_tiny", {"project_embed_dim": 16, "context_length": 16,
+                                                                   "vocab_size": 100, "num_frames": 3})
 
 
 @pytest.mark.parametrize("name,key", [("CLIP_TimeSformerB16", "visual.temporal_embed"),

@@ -91,6 +91,36 @@ def test_main_reports_known_errors_with_status_1(tmp_path, caplog):
     assert main(Broken(), _argv(tmp_path)) == 1
 
 
+class _Unreadable(_Points):
+    def __getitem__(self, i):
+        if i == 3:
+            from lavila.data.video import VideoDecodeError
+
+            raise VideoDecodeError("/data/broken.mp4", "file not found")
+        return super().__getitem__(i)
+
+
+class _Dropped(_Points):
+    def __getitem__(self, i):
+        return None if i == 3 else super().__getitem__(i)  # a training dataset's skipped sample
+
+
+@pytest.mark.parametrize("dataset, workers", [(_Dropped, "0"), (_Unreadable, "0"), (_Unreadable, "1")])
+def test_skip_policy_raise_stops_with_one_error_line(tmp_path, caplog, capsys, dataset, workers):
+    class Strict(_ToyEngine):
+        def build_datasets(self, args):
+            return dataset(), None
+
+    argv = [a for a in _argv(tmp_path) if a not in ("--workers", "0")]
+    assert main(Strict(), [*argv, "--workers", workers, "--skip-policy", "raise"]) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and "--skip-policy" in errors[0]
+    assert "\n" not in errors[0] and "Traceback" not in errors[0]
+    if dataset is _Unreadable:
+        assert "cannot decode video /data/broken.mp4: file not found" in errors[0]
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_resumable_sampler_shards_pads_and_skips():
     full = ResumableDistributedSampler(10, shuffle=True, seed=3)
     full.set_epoch(2)

@@ -160,17 +160,9 @@ class EK100MIRDataset(ClipDataset):
             self._build_positives(relevancy_path, positive_threshold)
 
     def _build_positives(self, relevancy_path: str | os.PathLike | None, threshold: float) -> None:
-        from lavila.evaluation.relevancy import build_relevancy, load_relevancy
+        from lavila.evaluation.relevancy import resolve_relevancy
 
-        expected = (len(self.clips), len(self.sentences))
-        path = Path(relevancy_path) if relevancy_path else default_relevancy_path(self.metadata)
-        if path.is_file():
-            relevancy = load_relevancy(path, expected_shape=expected)
-        elif relevancy_path:
-            raise FileNotFoundError(f"relevancy file {path} not found")
-        else:
-            log.warning("relevancy %s not found; rebuilding it from %s and its sentence CSV", path, self.metadata)
-            relevancy = build_relevancy(self.clips, self.sentences)
+        relevancy = resolve_relevancy(self.clips, self.sentences, self.metadata, relevancy_path)
         # Compact (CSR) table of positives: a clip keeps only captions with relevancy > threshold.
         indptr, cols, vals = [0], [], []
         for start in range(0, relevancy.shape[0], 4096):
@@ -197,11 +189,9 @@ class EK100MIRDataset(ClipDataset):
     def sentence_clip_rows(self) -> np.ndarray:
         """For every sentence, the clip row whose narration_id is the sentence id (the column reduction of the
         zero-shot similarity matrix to N_clips x N_sentences)."""
-        index = pd.Index(self.clips["narration_id"].astype(str))
-        rows = index.get_indexer(self.sentences["narration_id"].astype(str))
-        if (rows < 0).any():
-            raise ValueError(f"{int((rows < 0).sum())} sentence ids are not narration_ids of {self.metadata}")
-        return rows
+        from lavila.evaluation.relevancy import sentence_columns
+
+        return sentence_columns(self.clips["narration_id"], self.sentences["narration_id"])
 
     def __getitem__(self, index: int):
         row = int(self.rows[index])

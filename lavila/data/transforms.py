@@ -127,11 +127,7 @@ class VideoTransform:
         if video.dtype != torch.uint8 or video.ndim != 4 or video.shape[-1] != 3:
             raise ValueError(f"expected uint8 frames (T, H, W, 3), got {tuple(video.shape)} {video.dtype}")
         height, width = video.shape[1:3]
-        if self.is_training:
-            top, left, h, w = random_resized_crop_params(height, width, self.scale, self.ratio, generator)
-        else:
-            side = min(height, width)
-            top, left, h, w = (height - side) // 2, (width - side) // 2, side, side
+        top, left, h, w = self.crop_box(height, width, generator)
         crop = video[:, top:top + h, left:left + w]
         if (h, w) != (self.crop_size, self.crop_size):
             crop = TF.resize(crop.permute(0, 3, 1, 2), [self.crop_size, self.crop_size], antialias=True)
@@ -140,14 +136,18 @@ class VideoTransform:
             crop = _thwc_to_cthw(crop)
         return crop if self.output == "uint8" else self.normalize(crop)
 
+    def crop_box(self, height: int, width: int, generator: torch.Generator | None = None
+                 ) -> tuple[int, int, int, int]:
+        """``(top, left, h, w)`` of the crop: random-resized (training) or the centred square (evaluation)."""
+        if self.is_training:
+            return random_resized_crop_params(height, width, self.scale, self.ratio, generator)
+        side = min(height, width)
+        return (height - side) // 2, (width - side) // 2, side, side
+
     def plan(self, height: int, width: int, generator: torch.Generator | None = None) -> CropPlan:
         """The crop of a clip of (height, width) frames expressed as decode-time scaling + an S x S cut."""
         size = self.crop_size
-        if self.is_training:
-            top, left, h, w = random_resized_crop_params(height, width, self.scale, self.ratio, generator)
-        else:
-            side = min(height, width)
-            top, left, h, w = (height - side) // 2, (width - side) // 2, side, side
+        top, left, h, w = self.crop_box(height, width, generator)
         sy, sx = size / h, size / w
         scaled_h, scaled_w = max(size, int(round(height * sy))), max(size, int(round(width * sx)))
         return CropPlan(scaled_h, scaled_w, min(int(round(top * sy)), scaled_h - size),

@@ -48,7 +48,11 @@ BACKENDS = ("auto", "decord", "pyav")
 class VideoDecodeError(RuntimeError):
     """A video file is missing, empty, corrupt or truncated; the message names the path."""
 
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+    def __init__(self, path: str | os.PathLike, reason: str | None = None) -> None:
+        if reason is None:  # one argument: a DataLoader worker re-raising it with its own message keeps the type
+            super().__init__(str(path))
+            self.path, self.reason = "", str(path)
+            return
         super().__init__(f"cannot decode video {path}: {reason}")
         self.path = str(path)
         self.reason = reason

@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import ast
 import pickle
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -130,6 +131,19 @@ def load_relevancy(path: str | Path, expected_shape: tuple[int, int] | None = No
             f"{tuple(expected_shape)} (clips x sentences); it belongs to another split or CSV — rebuild it with "
             f"`python -m lavila.evaluation.relevancy`")
     return relevancy
+
+
+def sentence_columns(clip_ids: Sequence[Any], sentence_ids: Sequence[Any]) -> np.ndarray:
+    """For every sentence id, the row of the clip with that narration_id (one dict lookup per sentence): the
+    columns that reduce a (clips x clips' narrations) similarity to (clips x sentences)."""
+    lookup = {str(c): i for i, c in enumerate(clip_ids)}
+    if len(lookup) != len(clip_ids):
+        raise ValueError("clip narration_ids are not unique")
+    missing = [str(s) for s in sentence_ids if str(s) not in lookup]
+    if missing:
+        raise ValueError(f"{len(missing)} sentence ids are not clip narration_ids (first: {missing[:3]}); the "
+                         "sentence CSV must belong to the clip CSV")
+    return np.fromiter((lookup[str(s)] for s in sentence_ids), dtype=np.int64, count=len(sentence_ids))
 
 
 def resolve_relevancy(clips_df: pd.DataFrame, sentences_df: pd.DataFrame, metadata: str | Path,

@@ -47,7 +47,7 @@ import torch
 
 __all__ = ["mir_metrics", "mean_average_precision", "ndcg", "retrieval_scores"]
 
-_CHUNK_ELEMENTS = 1 << 21  # similarity entries per chunk (8 MiB of int32 keys)
+_CHUNK_ELEMENTS = 1 << 18  # similarity entries per chunk of queries (1 MiB of int32 keys: about L2)
 _MAX_FIXUPS_PER_ROW = 2  # more exact-rank fix-ups per row than this: the chunk takes the 64-bit sort instead
 
 
@@ -75,11 +75,7 @@ def _check_inputs(similarity: Any, relevancy: Any) -> tuple[np.ndarray, np.ndarr
                          "(queries x items; the video-to-text matrix is clips x unique sentences)")
     if sim.size == 0:
         raise ValueError("empty similarity matrix")
-    if not np.isfinite(sim).all():
-        raise ValueError("similarity contains NaN or infinite values")
-    if not np.isfinite(rel).all() or rel.min() < 0:
-        raise ValueError("relevancy must be finite and non-negative")
-    if sim.dtype != np.float32:
+    if sim.dtype != np.float32:  # (finiteness is checked chunk by chunk in _prepare)
         as32 = sim.astype(np.float32)
         if np.array_equal(as32, sim):  # e.g. float32 scores stored as float64: take the fast path
             sim = as32
@@ -87,181 +83,251 @@ def _check_inputs(similarity: Any, relevancy: Any) -> tuple[np.ndarray, np.ndarr
 
 
 @dataclass
-class _Ranked:
-    """Items of non-zero relevancy of one direction, grouped by query row and in rank order within a row."""
+class _Prepared:
+    """The validated problem: sort keys and the non-zero-relevancy items with their relevancy codes."""
 
-    rows: np.ndarray  # int64 (nnz,) query index
-    ranks: np.ndarray  # int64 (nnz,) 0-based rank of the item in its row
-    cols: np.ndarray  # int64 (nnz,) item index
+    sim: np.ndarray  # (N, M) float32 or float64
+    keys: np.ndarray | None  # (N, M) int32 descending 31-bit keys | non-zero flag (float32 similarities only)
+    nz_rows: np.ndarray  # int64 (nnz,) row of each non-zero-relevancy item, row-major order
+    nz_cols: np.ndarray  # int64 (nnz,)
+    nz_keys: np.ndarray  # int64 (nnz,) their 31-bit keys (0 without ``keys``)
+    nz_codes: np.ndarray  # int64 (nnz,) index into ``levels`` (1-based)
+    levels: np.ndarray  # float64 (L + 1,): 0, then the distinct non-zero relevancies ascending
+    code_bits: int
 
 
-def _descending_ints(sim: np.ndarray) -> np.ndarray:
-    """int32 keys whose ascending order is the descending order of the float32 ``sim`` (-0.0 and 0.0 equal)."""
+def _descending_keys(sim: np.ndarray, flags: np.ndarray, out: np.ndarray) -> None:
+    """int32 keys whose ascending order is the descending order of the float32 ``sim`` in their top 31 bits, bit 0
+    set where ``flags``; -0.0 and 0.0 get the same key. Written into ``out`` (an L2-sized chunk)."""
     bits = sim.view(np.int32)
-    magnitude = bits & 0x7FFFFFFF
-    sign = bits >> 31  # -1 for negative numbers (including -0.0), else 0
-    magnitude ^= sign
-    np.subtract(sign, magnitude, out=magnitude)  # = -(order-preserving integer of the float)
-    return magnitude
+    np.right_shift(bits, 31, out=out)
+    out &= 0x7FFFFFFF
+    out ^= bits  # order-preserving integer of the float (-0.0 -> -1, 0.0 -> 0)
+    np.negative(out, out=out)  # descending; cannot overflow for finite floats
+    out &= -2  # also drops the bit that tells -0.0 from 0.0
+    np.bitwise_or(out, flags, out=out)
 
 
-def _rank_chunk_exact64(sim: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sort packed 64-bit keys (value, item index, flag): exact order including ties, no fix-ups needed."""
+def _level_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct values ascending, 1-based code of each value); cheap when the values take few distinct levels."""
+    if values.size == 0:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    levels = np.unique(values[:: max(1, values.size // 65536)])
+    codes = np.minimum(np.searchsorted(levels, values), len(levels) - 1)
+    missing = np.flatnonzero(levels[codes] != values)
+    if len(missing):  # levels the sample did not contain: add them and re-code
+        found = levels
+        levels = np.union1d(found, values[missing])
+        codes = np.searchsorted(levels, found).take(codes)
+        codes[missing] = np.searchsorted(levels, values[missing])
+    return levels, codes + 1
+
+
+def _map(pool: ThreadPoolExecutor | None, fn: Any, args: Any) -> list:
+    return list(pool.map(fn, args)) if pool is not None else [fn(a) for a in args]
+
+
+def _prepare(sim: np.ndarray, rel: np.ndarray, pool: ThreadPoolExecutor | None) -> _Prepared:
+    """Validate chunk by chunk, build the sort keys, list the non-zero items and code their relevancy levels."""
     n, m = sim.shape
-    keys = _descending_ints(sim).astype(np.int64)
-    keys <<= 32
-    keys |= np.arange(m, dtype=np.int64) << 1  # then the item index (stable tie order), then the flag bit
-    keys |= mask
-    keys.sort(axis=1)
-    flags = np.empty((n, m), dtype=np.int8)
-    np.bitwise_and(keys, 1, out=flags, casting="unsafe")
-    flat = np.flatnonzero(flags.view(np.bool_))
-    return flat, (keys.reshape(-1)[flat] & 0xFFFFFFFF) >> 1
-
-
-def _rank_chunk_float32(sim: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flat positions (row * m + rank), ascending, of the non-zero-relevancy items and their item indices.
-
-    Rows are sorted as 32-bit keys: the top 31 bits of the order-preserving integer of the similarity, then a flag
-    bit for the items of non-zero relevancy. The k-th flagged position of a row belongs to the k-th of the row's
-    flagged items sorted by the same key (a small sort). Items whose 31-bit key is shared with another item (an exact
-    tie or neighbouring floats) get their exact rank by direct comparison with the row; a chunk with very many of them
-    uses the 64-bit path instead.
-    """
-    n, m = sim.shape
-    col_bits = max(1, int(m - 1).bit_length())
-    if (n << (32 + col_bits)) >= 2**62:
-        return _rank_chunk_exact64(sim, mask)
-    keys = _descending_ints(sim)
-    keys &= -2
-    keys |= mask
-    items = np.flatnonzero(mask)
-    item_keys = keys.reshape(-1)[items]
-    keys.sort(axis=1)
-    flags = np.empty((n, m), dtype=np.int8)
-    np.bitwise_and(keys, 1, out=flags, casting="unsafe")
-    flat = np.flatnonzero(flags.view(np.bool_))
-
-    # Pair the flagged positions with the items: both are in (row, key) order.
-    item_rows = items // m
-    packed = item_rows << (32 + col_bits)
-    packed |= (item_keys.astype(np.int64) + 2**31) << col_bits
-    packed |= items - item_rows * m
-    packed.sort()
-    cols = packed & ((1 << col_bits) - 1)
-
-    # Items sharing their 31-bit key with a neighbour in the sorted row need an exact rank.
-    sorted_keys = keys.reshape(-1)
-    own = sorted_keys[flat]
-    position = flat % m
-    before = sorted_keys.take(np.maximum(flat - 1, 0))
-    after = sorted_keys.take(np.minimum(flat + 1, len(sorted_keys) - 1))
-    shared = (((before ^ own) >> 1) == 0) & (position > 0)
-    shared |= (((after ^ own) >> 1) == 0) & (position < m - 1)
-    if not shared.any():
-        return flat, cols
-    fix = np.flatnonzero(shared)
-    if len(fix) > _MAX_FIXUPS_PER_ROW * n:  # each fix-up scans a row: beyond this the 64-bit sort is cheaper
-        return _rank_chunk_exact64(sim, mask)
-    rows = flat // m
-    ranks = flat - rows * m
+    keys = np.empty((n, m), dtype=np.int32) if sim.dtype == np.float32 else None
     step = max(1, _CHUNK_ELEMENTS // m)
-    for lo in range(0, len(fix), step):  # bounded-memory chunks of the affected items, not a loop over rows
-        idx = fix[lo:lo + step]
-        row_values = sim[rows[idx]]
-        value = row_values[np.arange(len(idx)), cols[idx]][:, None]
-        ahead = (row_values > value).sum(1)
-        ahead += ((row_values == value) & (np.arange(m)[None, :] < cols[idx][:, None])).sum(1)
-        ranks[idx] = ahead
-    order = np.sort(((rows * m + ranks) << col_bits) | cols)
-    return order >> col_bits, order & ((1 << col_bits) - 1)
+
+    def run(lo: int) -> tuple[np.ndarray, ...]:
+        s, r = sim[lo:lo + step], rel[lo:lo + step]
+        if not np.isfinite(s).all():
+            raise ValueError("similarity contains NaN or infinite values")
+        if not np.isfinite(r).all() or r.min() < 0:
+            raise ValueError("relevancy must be finite and non-negative")
+        mask = r != 0
+        nz = np.flatnonzero(mask)
+        rows = nz // m
+        cols = nz - rows * m
+        rows += lo
+        if keys is None:
+            nz_keys = np.zeros_like(nz)
+        else:
+            _descending_keys(s, mask, keys[lo:lo + step])
+            nz_keys = (keys[lo:lo + step].reshape(-1)[nz] >> 1).astype(np.int64)
+            nz_keys += 2**30
+        return rows, cols, r.reshape(-1)[nz], nz_keys
+
+    parts = list(zip(*_map(pool, run, range(0, n, step))))
+    rows, cols, values, nz_keys = (np.concatenate(part) for part in parts)
+    levels, codes = _level_codes(values.astype(np.float64, copy=False))
+    return _Prepared(sim, keys, rows, cols, nz_keys, codes, np.concatenate(([0.0], levels)),
+                     max(1, len(levels).bit_length()))
 
 
-def _rank_chunk_generic(sim: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    order = np.argsort(-sim, axis=1, kind="stable")  # ties: lower item index first
-    flat = np.flatnonzero(np.take_along_axis(mask, order, axis=1))
-    return flat, order.reshape(-1)[flat]
+def _query_chunk(x: np.ndarray, lo: int, hi: int, transpose: bool) -> np.ndarray:
+    """Contiguous copy of queries lo..hi (rows of ``x``, or its columns when ``transpose``)."""
+    if not transpose:
+        return x[lo:hi].copy()
+    out = np.empty((hi - lo, x.shape[0]), dtype=x.dtype)
+    for r in range(0, x.shape[0], 512):  # blocked: ~2.5x faster than one strided copy
+        out[:, r:r + 512] = x[r:r + 512, lo:hi].T
+    return out
 
 
-def _transposed(x: np.ndarray) -> np.ndarray:
-    """Contiguous transpose (torch's blocked copy is faster than NumPy's)."""
-    if x.dtype == np.bool_:
-        return torch.from_numpy(x.view(np.uint8)).t().contiguous().numpy().view(np.bool_)
-    return torch.from_numpy(x).t().contiguous().numpy()
+def _exact_ranks(sim_rows: np.ndarray, values_cols: np.ndarray) -> np.ndarray:
+    """Exact 0-based rank of item ``values_cols[i]`` in row ``sim_rows[i]`` (ties: lower item index first)."""
+    n, m = sim_rows.shape
+    value = sim_rows[np.arange(n), values_cols][:, None]
+    ahead = (sim_rows > value).sum(1)
+    ahead += ((sim_rows == value) & (np.arange(m)[None, :] < values_cols[:, None])).sum(1)
+    return ahead
 
 
-def _rank_direction(sim: np.ndarray, mask: np.ndarray, transpose: bool, pool: ThreadPoolExecutor | None) -> _Ranked:
-    """Rank the non-zero-relevancy items of every query (rows of ``sim``, or its columns when ``transpose``)."""
-    if transpose:
-        sim, mask = _transposed(sim), _transposed(mask)
+def _rank_chunk_exact(sim: np.ndarray, codes: np.ndarray, code_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ranked (flat position, code) of the non-zero items of a chunk given its dense code matrix."""
     n, m = sim.shape
-    step = max(1, _CHUNK_ELEMENTS // m)
-    rank_chunk = _rank_chunk_float32 if sim.dtype == np.float32 else _rank_chunk_generic
+    index_bits = max(1, int(m - 1).bit_length())
+    if sim.dtype == np.float32 and index_bits + code_bits <= 32:  # packed 64-bit keys (value, item index, code)
+        bits = (sim + np.float32(0)).view(np.int32)  # + 0 turns -0.0 into 0.0
+        keys = -(((bits >> 31) & 0x7FFFFFFF) ^ bits).astype(np.int64)
+        keys <<= 32
+        keys |= np.arange(m, dtype=np.int64) << code_bits
+        keys |= codes
+        keys.sort(axis=1)
+        ranked = keys & ((1 << code_bits) - 1)
+    else:
+        order = np.argsort(-sim, axis=1, kind="stable")  # ties: lower item index first
+        ranked = np.take_along_axis(codes, order, axis=1)
+    flat = np.flatnonzero(ranked)
+    return flat, ranked.reshape(-1)[flat].astype(np.int64, copy=False)
 
-    def run(lo: int) -> tuple[np.ndarray, np.ndarray]:
-        flat, cols = rank_chunk(sim[lo:lo + step], mask[lo:lo + step])
-        return flat + lo * m, cols
 
-    starts = range(0, n, step)
-    parts = list(pool.map(run, starts)) if pool is not None else [run(lo) for lo in starts]
-    flat = np.concatenate([p[0] for p in parts])
-    cols = np.concatenate([p[1] for p in parts]).astype(np.int64, copy=False)
-    rows = flat // m
-    return _Ranked(rows, flat - rows * m, cols)
-
-
-def _scores_from_ranked(ranked: _Ranked, values: np.ndarray, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-query (AP, nDCG) from the ranked non-zero items; NaN for a query without positives."""
-    rows, ranks = ranked.rows, ranked.ranks
-    nnz = len(rows)
-    counts = np.bincount(rows, minlength=n)
+def _chunk_scores(levels: np.ndarray, one_code: int, discount: np.ndarray, cum_discount: np.ndarray,
+                  counts: np.ndarray, ranks: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-query (AP, nDCG) from the ranks and codes of the non-zero items, grouped by query in rank order."""
+    n = len(counts)
+    rows = np.repeat(np.arange(n), counts)
+    values = levels.take(codes)
     starts = np.cumsum(counts) - counts
-    row_starts = np.repeat(starts, counts)
-
-    # Graded relevancy of the top (rank + 1) items = cumulative sum within the row (items are in rank order).
+    # Graded relevancy of the top (rank + 1) items = cumulative sum within the query (items are in rank order).
     cumulative = np.cumsum(values)
-    cumulative -= np.concatenate(([0.0], cumulative))[row_starts]
-    positive = values == 1
+    has = counts > 0
+    offset = np.zeros(n)
+    offset[has] = cumulative[starts[has]] - values[starts[has]]
+    cumulative -= np.repeat(offset, counts)
+    positive = codes == one_code
     pos_rows = rows[positive]
     precision = cumulative[positive] / (ranks[positive] + 1)
+    gain = values * discount.take(ranks)
+    gain[ranks >= np.repeat(counts, counts)] = 0.0  # only the first k ranks count, k = the query's non-zero items
+    # Ideal DCG from the per-query histogram of relevancy levels: the largest level fills the first ranks, etc.
+    n_levels = len(levels)
+    hist = np.bincount(rows * n_levels + codes, minlength=n * n_levels).reshape(n, n_levels)[:, :0:-1]
+    ends = np.cumsum(hist, axis=1)
+    idcg = ((cum_discount.take(ends) - cum_discount.take(ends - hist)) * levels[:0:-1]).sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         ap = np.bincount(pos_rows, weights=precision, minlength=n) / np.bincount(pos_rows, minlength=n)
-
-    # nDCG: only the first k ranks count, k = number of non-zero items of the query.
-    discount = 1.0 / np.log2(np.arange(m) + 2.0)
-    gain = values * discount.take(ranks)
-    gain[ranks >= counts.take(rows)] = 0.0
-    dcg = np.bincount(rows, weights=gain, minlength=n)
-    kmax = int(counts.max()) if nnz else 0
-    ideal = np.zeros((n, kmax), dtype=np.float64)
-    ideal.reshape(-1)[rows * kmax + (np.arange(nnz) - row_starts)] = -values
-    ideal.sort(axis=1)  # negated: largest relevancy first, padding zeros last
-    idcg = -(ideal @ discount[:kmax])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        nd = dcg / idcg
+        nd = np.bincount(rows, weights=gain, minlength=n) / idcg
     return ap, nd
+
+
+def _plan(p: _Prepared, transpose: bool) -> tuple[Any, range]:
+    """The chunk function and chunk starts of one direction (queries = columns when ``transpose``)."""
+    n, m = p.sim.shape[::-1] if transpose else p.sim.shape
+    queries, items = (p.nz_cols, p.nz_rows) if transpose else (p.nz_rows, p.nz_cols)
+    counts = np.bincount(queries, minlength=n)
+    offsets = np.concatenate(([0], np.cumsum(counts)))
+    cb = p.code_bits
+    code_mask = (1 << cb) - 1
+    item_bits = max(1, int(m - 1).bit_length())
+    query_bits = max(1, int(n - 1).bit_length())
+    if query_bits + 31 + item_bits > 63:
+        raise ValueError(f"similarity matrix {p.sim.shape} is too large for 64-bit sort keys")
+    # The non-zero items grouped by query in key order (ties: item index), the order of the flagged sorted positions.
+    if query_bits + 31 + item_bits + cb <= 63:
+        packed = queries << (31 + item_bits + cb)
+        part = p.nz_keys << (item_bits + cb)
+        packed |= part
+        np.left_shift(items, cb, out=part)
+        packed |= part
+        packed |= p.nz_codes
+        packed.sort()
+        sorted_codes = packed & code_mask
+        packed >>= cb
+        packed &= (1 << item_bits) - 1
+        sorted_items = packed
+    else:  # very many relevancy levels
+        order = np.argsort((queries << (31 + item_bits)) | (p.nz_keys << item_bits) | items)
+        sorted_codes, sorted_items = p.nz_codes[order], items[order]
+    one = np.flatnonzero(p.levels == 1.0)
+    one_code = int(one[0]) if len(one) else -1
+    step = max(1, _CHUNK_ELEMENTS // m)
+    discount = 1.0 / np.log2(np.arange(m) + 2.0)
+    cum_discount = np.concatenate(([0.0], np.cumsum(discount)))
+
+    def run(lo: int) -> tuple[np.ndarray, np.ndarray]:
+        hi = min(lo + step, n)
+        cnt = counts[lo:hi]
+        codes = sorted_codes[offsets[lo]:offsets[hi]]
+        cols = sorted_items[offsets[lo]:offsets[hi]]
+        rows = np.repeat(np.arange(hi - lo), cnt)
+        ranks = None
+        if p.keys is not None:
+            keys = _query_chunk(p.keys, lo, hi, transpose)
+            keys.sort(axis=1)
+            flags = np.empty(keys.shape, dtype=np.int8)
+            np.bitwise_and(keys, 1, out=flags, casting="unsafe")
+            flat = np.flatnonzero(flags.view(np.bool_))
+            ranks = flat - rows * m
+            # Items sharing their 31-bit key with a neighbour in the sorted row need an exact rank.
+            sorted_keys = keys.reshape(-1)
+            own = sorted_keys.take(flat)
+            shared = (((sorted_keys.take(np.maximum(flat - 1, 0)) ^ own) >> 1) == 0) & (ranks > 0)
+            shared |= (((sorted_keys.take(np.minimum(flat + 1, len(sorted_keys) - 1)) ^ own) >> 1) == 0) & (
+                ranks < m - 1)
+            fix = np.flatnonzero(shared)
+            if len(fix) > _MAX_FIXUPS_PER_ROW * (hi - lo):  # each fix-up scans a row: the 64-bit sort is cheaper
+                ranks = None
+            elif len(fix):
+                for a in range(0, len(fix), step):  # bounded-memory chunks of the affected items
+                    idx = fix[a:a + step]
+                    q = lo + rows[idx]
+                    sim_rows = p.sim[:, q].T if transpose else p.sim[q]
+                    ranks[idx] = _exact_ranks(sim_rows, cols[idx])
+                # Only the affected items change order, among themselves (their ranks stay within their groups).
+                fix_rows = rows[fix] * m
+                order = np.sort(((fix_rows + ranks[fix]) << cb) | codes[fix])
+                ranks[fix] = (order >> cb) - fix_rows
+                codes = codes.copy()
+                codes[fix] = order & code_mask
+        if ranks is None:  # exact path: dense codes of the chunk, exact sort
+            dense = np.zeros((hi - lo, m), dtype=np.int64 if cb > 15 else np.int16)
+            dense[rows, cols] = codes
+            flat, codes = _rank_chunk_exact(_query_chunk(p.sim, lo, hi, transpose), dense, cb)
+            ranks = flat - rows * m
+        return _chunk_scores(p.levels, one_code, discount, cum_discount, cnt, ranks, codes)
+
+    return run, range(0, n, step)
+
+
+def _directions(similarity: Any, relevancy: Any, num_threads: int | None, transposes: tuple[bool, ...]
+                ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per-query (AP, nDCG) of each direction; all chunks of all directions share one pool of threads."""
+    threads = _threads(num_threads)
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    try:
+        prepared = _prepare(*_check_inputs(similarity, relevancy), pool)
+        plans = _map(pool, lambda t: _plan(prepared, t), transposes)
+        tasks = [(run, lo) for run, starts in plans for lo in starts]
+        parts = _map(pool, lambda task: task[0](task[1]), tasks)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    out, at = [], 0
+    for _, starts in plans:
+        chunk = parts[at:at + len(starts)]
+        at += len(starts)
+        out.append((np.concatenate([a for a, _ in chunk]), np.concatenate([b for _, b in chunk])))
+    return out
 
 
 def _threads(num_threads: int | None) -> int:
     return max(1, num_threads if num_threads is not None else min(torch.get_num_threads(), os.cpu_count() or 1))
-
-
-def _direction(sim: np.ndarray, mask: np.ndarray, rel: np.ndarray, transpose: bool, threads: int
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-query (AP, nDCG) of one direction; row chunks are sorted on ``threads`` threads."""
-    if threads > 1:
-        with ThreadPoolExecutor(threads) as pool:
-            ranked = _rank_direction(sim, mask, transpose, pool)
-    else:
-        ranked = _rank_direction(sim, mask, transpose, None)
-    return _scores(ranked, rel, transpose)
-
-
-def _scores(ranked: _Ranked, rel: np.ndarray, transpose: bool) -> tuple[np.ndarray, np.ndarray]:
-    n_rows, n_cols = rel.shape
-    flat_index = ranked.cols * n_cols + ranked.rows if transpose else ranked.rows * n_cols + ranked.cols
-    values = np.take(rel.reshape(-1), flat_index).astype(np.float64, copy=False)
-    return _scores_from_ranked(ranked, values, *((n_cols, n_rows) if transpose else (n_rows, n_cols)))
 
 
 def _row_mean(per_row: np.ndarray, skip_empty: bool, what: str) -> float:
@@ -281,34 +347,22 @@ def _row_mean(per_row: np.ndarray, skip_empty: bool, what: str) -> float:
 def retrieval_scores(similarity: Any, relevancy: Any, num_threads: int | None = None) -> dict[str, np.ndarray]:
     """Per-query AP and nDCG in both directions: ``{"vis_ap", "vis_ndcg", "txt_ap", "txt_ndcg"}`` (NaN = no positive).
 
-    ``num_threads`` (default: ``torch.get_num_threads()``): with 2 or more, the two directions run in parallel.
+    ``num_threads`` (default: ``torch.get_num_threads()``): with 2 or more, chunks run in parallel.
     """
-    sim, rel = _check_inputs(similarity, relevancy)
-    mask = rel != 0
-    threads = _threads(num_threads)
-    if threads > 1:  # one thread per direction (NumPy releases the GIL in sorts and large array operations)
-        with ThreadPoolExecutor(2) as pool:
-            txt_future = pool.submit(_direction, sim, mask, rel, True, max(1, threads // 2))
-            vis_ap, vis_ndcg = _direction(sim, mask, rel, False, max(1, threads - threads // 2))
-            txt_ap, txt_ndcg = txt_future.result()
-    else:
-        vis_ap, vis_ndcg = _direction(sim, mask, rel, False, 1)
-        txt_ap, txt_ndcg = _direction(sim, mask, rel, True, 1)
+    (vis_ap, vis_ndcg), (txt_ap, txt_ndcg) = _directions(similarity, relevancy, num_threads, (False, True))
     return {"vis_ap": vis_ap, "vis_ndcg": vis_ndcg, "txt_ap": txt_ap, "txt_ndcg": txt_ndcg}
 
 
 def mean_average_precision(similarity: Any, relevancy: Any, skip_empty: bool = False,
                            num_threads: int | None = None) -> float:
     """Official EK100 MIR mAP with the rows as queries (see the module docstring)."""
-    sim, rel = _check_inputs(similarity, relevancy)
-    ap, _ = _direction(sim, rel != 0, rel, False, _threads(num_threads))
+    ((ap, _),) = _directions(similarity, relevancy, num_threads, (False,))
     return _row_mean(ap, skip_empty, "AP")
 
 
 def ndcg(similarity: Any, relevancy: Any, skip_empty: bool = False, num_threads: int | None = None) -> float:
     """Official EK100 MIR nDCG with the rows as queries (see the module docstring)."""
-    sim, rel = _check_inputs(similarity, relevancy)
-    _, nd = _direction(sim, rel != 0, rel, False, _threads(num_threads))
+    ((_, nd),) = _directions(similarity, relevancy, num_threads, (False,))
     return _row_mean(nd, skip_empty, "nDCG")
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from lavila.evaluation.relevancy import sentence_columns
 from lavila.utils import distributed as du
 
 __all__ = ["ShardedBatchSampler", "sharded_loader", "gather_in_order", "collect",
@@ -106,18 +107,6 @@ def collect(loader: Iterable[Any], step: Callable[[Any], tuple[torch.Tensor, ...
     indices = _local_indices(loader, count)
     columns = [torch.cat(c) for c in zip(*parts)] if parts else list(empty)
     return tuple(gather_in_order(c, indices, size) for c in columns)
-
-
-def sentence_columns(clip_ids: Sequence[Any], sentence_ids: Sequence[Any]) -> np.ndarray:
-    """For every sentence id, the row of the clip with that narration_id (one dict lookup per sentence)."""
-    lookup = {str(c): i for i, c in enumerate(clip_ids)}
-    if len(lookup) != len(clip_ids):
-        raise ValueError("clip narration_ids are not unique")
-    missing = [str(s) for s in sentence_ids if str(s) not in lookup]
-    if missing:
-        raise ValueError(f"{len(missing)} sentence ids are not clip narration_ids (first: {missing[:3]}); the "
-                         "sentence CSV must belong to the clip CSV")
-    return np.fromiter((lookup[str(s)] for s in sentence_ids), dtype=np.int64, count=len(sentence_ids))
 
 
 def mir_similarity(video: torch.Tensor, text: torch.Tensor, columns: np.ndarray | None = None) -> np.ndarray:

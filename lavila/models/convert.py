@@ -1,8 +1,9 @@
 """Every key remapping in one place.
 
 * Released video-mamba-suite checkpoints: unwrap ``state_dict``, strip ``module.``, resize temporal embeddings to the
-  model's frame count, strict load (``load_released_state_dict``; ``build_from_released_checkpoint`` also reads
-  ``args.model`` and builds the right model).
+  model's frame count, strict load (``load_released_state_dict``; ``build_from_released_checkpoint`` builds the
+  model a checkpoint describes: ``checkpoint_model_spec`` reads this project's ``model_name`` / ``model_config`` or a
+  released file's ``args``).
 * Pretrained initialisation ("Pretrain-I"): OpenAI / open_clip CLIP ViT-B/16 (visual -> TimeSformer / TimeMamba /
   ViT, text -> text tower), DeiT-T/S/B (timm or the DeiT files) -> ViT or TimeSformer visual, Vim-T/S -> ViViM
   (with nearest d_state resampling, e.g. 16 -> 4). Parts that the source does not have (temporal attention / Mamba,
@@ -27,19 +28,19 @@ TEMPORAL_KEYS = ("visual.temporal_embed", "visual.temporal_embedding")
 # ---------------------------------------------------------------------------------------------------------------------
 def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     """Tensor dict from a checkpoint dict (``state_dict`` / ``model`` / ``module`` wrappers), a module or a state dict,
-    with a leading ``module.`` stripped from every key that has it."""
+    with a leading ``module.`` stripped from every key that has it (:func:`lavila.utils.checkpoint.unwrap_state_dict`;
+    here a non-mapping is a ``TypeError`` and a dict that holds no state dict a ``ValueError``)."""
+    from lavila.utils.checkpoint import CheckpointError
+    from lavila.utils.checkpoint import unwrap_state_dict as unwrap
+
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if not isinstance(obj, Mapping):
         raise TypeError(f"expected a checkpoint dict or a state dict, got {type(obj).__name__}")
-    for wrapper in ("state_dict", "model", "module"):
-        if wrapper in obj and isinstance(obj[wrapper], Mapping):
-            obj = obj[wrapper]
-            break
-    non_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if non_tensors:
-        raise ValueError(f"not a state dict: entries {non_tensors[:5]} are not tensors (is this the right file?)")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+    try:
+        return dict(unwrap(obj))
+    except CheckpointError as exc:
+        raise ValueError(f"not a state dict: some entries are not tensors (is this the right file?); {exc}") from exc
 
 
 @dataclass
@@ -176,25 +177,45 @@ def _args_get(args: Any, key: str, default: Any = None) -> Any:
     return getattr(args, key, default)
 
 
-def build_from_released_checkpoint(checkpoint: Mapping[str, Any], num_frames: int | None = None,
-                                   model_name: str | None = None, **overrides: Any) -> nn.Module:
-    """Build the model a released checkpoint describes (``args.model``; ``fc_cls`` -> ``VideoClassifier``) and load
-    it strictly. ``num_frames`` defaults to the checkpoint's own frame count."""
-    from lavila.models.registry import create_model, list_models
+def checkpoint_model_spec(checkpoint: Mapping[str, Any], model_name: str | None = None
+                          ) -> tuple[str | None, dict[str, Any]]:
+    """Model name and named-config overrides a checkpoint describes (``None`` name: the file names no model).
+
+    This project's checkpoints store ``model_name`` / ``model_config`` (the full resolved config, used as is);
+    released ones carry only ``args`` (``model``, ``clip_length``, ``project_embed_dim``, ``context_length``,
+    ``vocab_size``) and the frame count of their temporal embedding. ``model_name`` wins over the stored name.
+    """
+    from lavila.models.registry import OVERRIDES
 
     args = checkpoint.get("args") if isinstance(checkpoint, Mapping) else None
-    name = model_name or _args_get(args, "model")
+    config = checkpoint.get("model_config") if isinstance(checkpoint, Mapping) else None
+    if isinstance(config, Mapping) and config:
+        name = model_name or checkpoint.get("model_name") or config.get("name") or _args_get(args, "model")
+        return name, {k: config[k] for k in OVERRIDES if k in config}
+    overrides: dict[str, Any] = {}
+    for key in ("project_embed_dim", "context_length", "vocab_size"):
+        value = _args_get(args, key)
+        if value is not None:
+            overrides[key] = int(value)
+    frames = checkpoint_frames(checkpoint) or _args_get(args, "clip_length")
+    if frames is not None:
+        overrides["num_frames"] = int(frames)
+    return model_name or _args_get(args, "model"), overrides
+
+
+def build_from_released_checkpoint(checkpoint: Mapping[str, Any], num_frames: int | None = None,
+                                   model_name: str | None = None, **overrides: Any) -> nn.Module:
+    """Build the model a checkpoint describes (:func:`checkpoint_model_spec`; ``fc_cls`` -> ``VideoClassifier``)
+    and load it strictly. ``num_frames`` defaults to the checkpoint's own frame count; ``overrides`` win over the
+    stored config."""
+    from lavila.models.registry import create_model, list_models
+
+    name, stored = checkpoint_model_spec(checkpoint, model_name)
     if name is None:
         raise ValueError("the checkpoint has no args.model; pass model_name= (one of: "
                          + ", ".join(list_models()) + ")")
     sd = unwrap_state_dict(checkpoint)
-    if num_frames is None:
-        num_frames = _checkpoint_frames(sd) or _args_get(args, "clip_length")
-    for key, arg in (("project_embed_dim", "project_embed_dim"), ("context_length", "context_length"),
-                     ("vocab_size", "vocab_size")):
-        value = _args_get(args, arg)
-        if value is not None and key not in overrides:
-            overrides[key] = int(value)
+    overrides = {**stored, **overrides}
     if num_frames is not None:
         overrides["num_frames"] = int(num_frames)
     num_classes = int(sd["fc_cls.weight"].shape[0]) if "fc_cls.weight" in sd else None
@@ -203,10 +224,18 @@ def build_from_released_checkpoint(checkpoint: Mapping[str, Any], num_frames: in
     return model
 
 
-def _checkpoint_frames(sd: Mapping[str, torch.Tensor]) -> int | None:
+def checkpoint_frames(checkpoint: Mapping[str, Any]) -> int | None:
+    """Frame count of a checkpoint's (or state dict's) temporal embedding: TimeSformer ``temporal_embed [1, T, D]``,
+    ViT / ViViM ``temporal_embedding [T, D]`` / ``[T, 1, D]``; None without one."""
+    sd = checkpoint
+    for wrapper in ("state_dict", "model", "module"):
+        if isinstance(sd.get(wrapper), Mapping):
+            sd = sd[wrapper]
+            break
     for key in TEMPORAL_KEYS:
-        if key in sd:
-            return int(sd[key].shape[_temporal_dim(key, sd[key].shape)])
+        value = sd.get(key, sd.get("module." + key))
+        if value is not None and hasattr(value, "shape"):
+            return int(value.shape[_temporal_dim(key, value.shape)])
     return None
 
 

@@ -111,6 +111,26 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
+class PatchEmbed(nn.Module):
+    """Per-frame ``Conv2d`` patch embedding ``proj`` (TimeSformer: bias-free, followed by ``ln_pre``; ViViM: bias)."""
+
+    def __init__(self, patch_size: int, embed_dim: int, bias: bool = False) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, grid^2, D)."""
+        return self.proj(frames).flatten(2).transpose(1, 2)
+
+
+def check_num_frames(tower: str, frames: int, num_frames: int) -> None:
+    """A tower with a fixed temporal embedding refuses another frame count, naming the fix."""
+    if frames != num_frames:
+        raise ValueError(f"this {tower} was built for num_frames={num_frames} but got {frames} frames; build it "
+                         "with create_model(..., num_frames=T) (load_released_state_dict resizes the temporal "
+                         "embedding)")
+
+
 class RMSNorm(nn.Module):
     """RMSNorm with the fused add-norm semantics of the Mamba fork's Triton kernel, in pure PyTorch.
 

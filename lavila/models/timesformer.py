@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as torch_checkpoint
 from torch import nn
 
-from lavila.models.layers import Attention, DropPath, Mlp, trunc_normal_
+from lavila.models.layers import Attention, DropPath, Mlp, PatchEmbed, trunc_normal_
 
 ATTENTION_STYLES = ("timesformer-div", "frozen-in-time")
 TEMPORAL_MIXERS = ("attention", "mamba")
@@ -32,18 +32,6 @@ def _build_mamba_mixer(dim: int) -> nn.Module:
     from lavila.models.mamba import BiMambaMixer  # lazy: keeps the attention-only towers import-light
 
     return BiMambaMixer(dim, d_state=16, d_conv=4, expand=1, if_divide_out=False)
-
-
-class PatchEmbed(nn.Module):
-    """Per-frame ``Conv2d`` patch embedding (bias-free when followed by ``ln_pre``, as the released models)."""
-
-    def __init__(self, patch_size: int, embed_dim: int, bias: bool = False) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) -> (N, grid^2, D)."""
-        return self.proj(frames).flatten(2).transpose(1, 2)
 
 
 class SpaceTimeBlock(nn.Module):

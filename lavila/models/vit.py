@@ -5,7 +5,7 @@ import torch
 import torch.utils.checkpoint as torch_checkpoint
 from torch import nn
 
-from lavila.models.layers import Attention, DropPath, Mlp, trunc_normal_
+from lavila.models.layers import Attention, DropPath, Mlp, check_num_frames, trunc_normal_
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -104,10 +104,7 @@ class VisionTransformer(nn.Module):
         if video.ndim == 4:  # a batch of images
             video = video.unsqueeze(2)
         b, c, t, h, w = video.shape
-        if t != self.num_frames:
-            raise ValueError(f"this ViT was built for num_frames={self.num_frames} but got {t} frames; build it "
-                             "with create_model(..., num_frames=T) (load_released_state_dict resizes the temporal "
-                             "embedding)")
+        check_num_frames("ViT", t, self.num_frames)
         if c != 3 or h != self.img_size or w != self.img_size:
             raise ValueError(f"expected video (B, 3, T, {self.img_size}, {self.img_size}), got {tuple(video.shape)}")
         x = self._embed_patches(video)

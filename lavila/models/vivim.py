@@ -14,22 +14,13 @@ import torch
 import torch.utils.checkpoint as torch_checkpoint
 from torch import nn
 
-from lavila.models.layers import DropPath, RMSNorm, lecun_normal_, trunc_normal_
+from lavila.models.layers import DropPath, PatchEmbed, RMSNorm, check_num_frames, lecun_normal_, trunc_normal_
 
 
 def _build_mixer(dim: int, d_state: int, layer_idx: int) -> nn.Module:
     from lavila.models.mamba import BiMambaMixer  # lazy: the mixer pulls in the scan implementation
 
     return BiMambaMixer(dim, d_state=d_state, d_conv=4, expand=2, if_divide_out=True, layer_idx=layer_idx)
-
-
-class ViViMPatchEmbed(nn.Module):
-    def __init__(self, patch_size: int, embed_dim: int) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size, bias=True)
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.proj(frames).flatten(2).transpose(1, 2)
 
 
 class MambaLayer(nn.Module):
@@ -71,7 +62,7 @@ class ViViM(nn.Module):
         self.temporal_embedding = nn.Parameter(torch.zeros(num_frames, 1, embed_dim))
         self.image_projection = nn.Parameter(embed_dim ** -0.5 * torch.randn(embed_dim, output_dim)) \
             if output_dim else None
-        self.patch_embed = ViViMPatchEmbed(patch_size, embed_dim)
+        self.patch_embed = PatchEmbed(patch_size, embed_dim, bias=True)
         # As the reference: layers 0 and 1 get no stochastic depth, layer i >= 1 gets rate * (i - 1) / (depth - 1).
         rates = [0.0] + [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
         self.layers = nn.ModuleList(
@@ -102,10 +93,7 @@ class ViViM(nn.Module):
         if video.ndim != 5 or video.shape[1] != 3:
             raise ValueError(f"expected video (B, 3, T, H, W), got {tuple(video.shape)}")
         b, _, t, h, w = video.shape
-        if t != self.num_frames:
-            raise ValueError(f"this ViViM was built for num_frames={self.num_frames} but got {t} frames; build it "
-                             "with create_model(..., num_frames=T) (load_released_state_dict resizes the temporal "
-                             "embedding)")
+        check_num_frames("ViViM", t, self.num_frames)
         if h != self.img_size or w != self.img_size:
             raise ValueError(f"expected {self.img_size}x{self.img_size} frames, got {h}x{w}")
         x = self.patch_embed(video.transpose(1, 2).reshape(b * t, 3, h, w))  # (B*T, N, D)

@@ -11,9 +11,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lavila.train.loop import TrainingError, _resolve_checkpoint_source, checkpoint_model_config, model_overrides
+from lavila.train.loop import TrainingError, _resolve_checkpoint_source, model_overrides
 
 _CACHE: dict[str, dict[str, Any]] = {}
+
+
+def video_dataset_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The decoding / transform keywords every engine passes to its ``ClipDataset`` (chunked video roots)."""
+    return {"num_frames": args.clip_length, "chunk_len": args.video_chunk_length, "crop_size": args.input_size,
+            "norm": args.norm_style, "backend": args.video_backend, "fused_resize": args.fused_decode_crop}
 
 
 def get_checkpoint(source: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -35,23 +41,17 @@ def starting_checkpoint(args: argparse.Namespace, task: str) -> dict[str, Any]:
 
 
 def overrides_for(args: argparse.Namespace, ckpt: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
-    """Model name and overrides: a checkpoint's stored config wins for the architecture; the flags set the frame
-    count, crop size and drop path (the temporal embedding is resized to ``--clip-length`` when loading)."""
+    """Model name and overrides: the checkpoint's description (:func:`lavila.models.convert.checkpoint_model_spec`:
+    this project's stored config, or a released file's args) wins for the architecture; the flags set the frame
+    count and drop path (the temporal embedding is resized to ``--clip-length`` when loading)."""
     overrides = model_overrides(args)
-    name = args.model
-    if ckpt is not None:
-        ck_name, ck_over = checkpoint_model_config(ckpt)
-        name = ck_name or name
-        ck_over = {k: v for k, v in ck_over.items() if k not in ("num_frames", "drop_path_rate")}
-        overrides = {**overrides, **ck_over}
-        if not ck_over:  # released file: dimensions from its args
-            from lavila.zoo import checkpoint_args
+    if ckpt is None:
+        return args.model, overrides
+    from lavila.models.convert import checkpoint_model_spec
 
-            released = checkpoint_args(ckpt)
-            for key in ("project_embed_dim", "context_length", "vocab_size"):
-                if released.get(key) is not None:
-                    overrides[key] = released[key]
-    return name, overrides
+    name, stored = checkpoint_model_spec(ckpt)
+    stored = {k: v for k, v in stored.items() if k not in ("num_frames", "drop_path_rate")}
+    return name or args.model, {**overrides, **stored}
 
 
 def load_weights(model: nn.Module, ckpt: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lavila.train.engine_utils import load_weights, overrides_for, starting_checkpoint
+from lavila.train.engine_utils import load_weights, overrides_for, starting_checkpoint, video_dataset_kwargs
 from lavila.train.loop import Engine, TrainingError
 from lavila.train.losses import ClassificationLoss
 from lavila.train.mixup import VideoMixup
@@ -97,9 +97,7 @@ class ClassificationEngine(Engine):
 
         if not args.root:
             raise TrainingError("classification fine-tuning needs --root (EK100 video chunks)")
-        common = {"num_frames": args.clip_length, "chunk_len": args.video_chunk_length, "crop_size": args.input_size,
-                  "norm": args.norm_style, "backend": args.video_backend,
-                  "fused_resize": args.fused_decode_crop}
+        common = video_dataset_kwargs(args)
         train = None
         if not args.evaluate:
             if not args.train_metadata:

@@ -14,7 +14,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lavila.train.engine_utils import evaluate_mir, load_weights, mir_relevancy, overrides_for, starting_checkpoint
+from lavila.train.engine_utils import (
+    evaluate_mir,
+    load_weights,
+    mir_relevancy,
+    overrides_for,
+    starting_checkpoint,
+    video_dataset_kwargs,
+)
 from lavila.train.loop import Engine, TrainingError
 from lavila.train.losses import MaxMarginRankingLoss
 
@@ -44,9 +51,7 @@ class RetrievalEngine(Engine):
 
         if not args.root:
             raise TrainingError("MIR fine-tuning needs --root (EK100 video chunks)")
-        common = {"num_frames": args.clip_length, "chunk_len": args.video_chunk_length, "crop_size": args.input_size,
-                  "norm": args.norm_style, "backend": args.video_backend,
-                  "fused_resize": args.fused_decode_crop, "context_length": args.context_length}
+        common = {**video_dataset_kwargs(args), "context_length": args.context_length}
         train = None
         if not args.evaluate:
             if not args.train_metadata:

@@ -59,7 +59,9 @@ def add_common_args(parser: argparse.ArgumentParser, *, clip_length: int, epochs
     model.add_argument("--patch-dropout", type=float, default=0.0)
     model.add_argument("--drop-path-rate", type=float, default=drop_path_rate)
     model.add_argument("--pretrain-zoo", default="openai", choices=["openai", "open_clip", "lavila", "deit", "none"])
-    model.add_argument("--pretrain-path", default=None, help="open_clip weights file")
+    model.add_argument("--pretrain-path", default=None,
+                       help="weights file for --pretrain-zoo: CLIP ViT-B/16 (openai / open_clip), DeiT (ViT / "
+                            "TimeSformer) or Vim (ViViM) for deit, a checkpoint for lavila")
     model.add_argument("--project-embed-dim", type=int, default=256)
     model.add_argument("--context-length", type=int, default=77)
     model.add_argument("--vocab-size", type=int, default=49408)

@@ -584,24 +584,28 @@ def _evaluate_only(engine: Engine, args: argparse.Namespace, model: nn.Module, v
     return {"status": "evaluated", "metrics": metrics, "output_dir": str(args.output_dir)}
 
 
-def checkpoint_model_config(ckpt: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    """Model name and named-config overrides stored in a checkpoint of this project (released ones: args.model)."""
-    from lavila.models.registry import OVERRIDES
-
-    config = ckpt.get("model_config") or {}
-    name = ckpt.get("model_name") or config.get("name")
-    if name is None:
-        args = ckpt.get("args")
-        name = getattr(args, "model", None) if not isinstance(args, dict) else args.get("model")
-    return name, {k: config[k] for k in OVERRIDES if k in config}
+def _last_line(exc: BaseException) -> str:
+    """The message itself: an error re-raised from a DataLoader worker carries the worker's traceback first."""
+    text = str(exc)
+    if not text.startswith("Caught "):
+        return text
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].split(": ", 1)[-1]
 
 
 def main(engine: Engine, argv: Sequence[str] | None = None) -> int:
     """Entry-script wrapper: known failures print one clear line instead of a traceback."""
+    from lavila.data.loader import SampleSkippedError
+    from lavila.data.video import VideoDecodeError
+
     try:
         summary = run(engine, argv)
     except (TrainingError, CheckpointError, FileNotFoundError, du.RendezvousTimeoutError) as exc:
         get_logger("lavila").error(f"error: {exc}")
+        return 1
+    except (SampleSkippedError, VideoDecodeError) as exc:
+        get_logger("lavila").error(f"error: {_last_line(exc)} (--skip-policy raise stops at the first unreadable "
+                                   "sample; fix or remove it, or use --skip-policy skip to skip and count them)")
         return 1
     finally:
         du.cleanup_distributed()

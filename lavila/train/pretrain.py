@@ -13,7 +13,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lavila.train.engine_utils import evaluate_mir, get_checkpoint, init_pretrained, mir_relevancy, overrides_for
+from lavila.train.engine_utils import (
+    evaluate_mir,
+    get_checkpoint,
+    init_pretrained,
+    mir_relevancy,
+    overrides_for,
+    video_dataset_kwargs,
+)
 from lavila.train.loop import Engine, TrainingError
 from lavila.train.losses import ClipLoss
 
@@ -51,9 +58,7 @@ class PretrainEngine(Engine):
         self.metric = "avg_map" if args.dataset_val == "ek100_mir" else "accuracy"
 
     def build_datasets(self, args: argparse.Namespace):
-        common = {"num_frames": args.clip_length, "chunk_len": args.video_chunk_length, "crop_size": args.input_size,
-                  "norm": args.norm_style, "backend": args.video_backend,
-                  "fused_resize": args.fused_decode_crop}
+        common = video_dataset_kwargs(args)
         train = None
         if not args.evaluate:
             from lavila.data.ego4d import Ego4DPretrainDataset

@@ -81,22 +81,23 @@ class MetricLogger:
         if not self.enabled:
             return
         self._write({"type": "step", "step": step, "epoch": epoch, **metrics})
-        if self._tb is not None:
-            for k, v in metrics.items():
-                v = _jsonable(v)
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._tb.add_scalar(f"train/{k}", v, step)
+        self._tb_scalars("train", metrics, step)
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, Any], kind: str = "epoch") -> None:
         if not self.enabled:
             return
         self._write({"type": kind, "epoch": epoch, **metrics})
+        self._tb_scalars(kind, metrics, epoch)
         if self._tb is not None:
-            for k, v in metrics.items():
-                v = _jsonable(v)
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._tb.add_scalar(f"{kind}/{k}", v, epoch)
             self._tb.flush()
+
+    def _tb_scalars(self, prefix: str, metrics: Mapping[str, Any], step: int) -> None:
+        if self._tb is None:
+            return
+        for k, v in metrics.items():
+            v = _jsonable(v)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                self._tb.add_scalar(f"{prefix}/{k}", v, step)
 
     def close(self) -> None:
         if self._tb is not None:
