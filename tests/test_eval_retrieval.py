@@ -188,3 +188,44 @@ def test_tie_fixups_and_exact_fallback_agree_with_reference(monkeypatch, budget)
     rel[:, 0] = 1.0
     rel[0, :] = 1.0
     _assert_matches_reference(sim, rel, num_threads=1)
+
+
+def test_many_distinct_relevancy_levels_match_reference():
+    """Continuous graded relevancies (one level per item: the wide-code fallbacks) with ties and neighbouring floats."""
+    rng = np.random.default_rng(7)
+    n, m = 30, 45
+    sim = (np.round(rng.standard_normal((n, m)) * 4) / 4).astype(np.float32)
+    sim[3, :10] = np.nextafter(np.float32(0.5), np.float32(1))
+    rel = np.where(rng.random((n, m)) < 0.5, rng.random((n, m)), 0.0)
+    rel[np.arange(n), rng.integers(0, m, n)] = 1.0
+    rel[rng.integers(0, n, m), np.arange(m)] = 1.0
+    _assert_matches_reference(sim, rel, num_threads=1)
+
+
+def test_rare_relevancy_level_is_coded_exactly():
+    """A level that only a handful of items take (missed by the level sampling) still scores exactly."""
+    rng = np.random.default_rng(8)
+    n, m = 400, 300
+    sim = rng.standard_normal((n, m)).astype(np.float32)
+    rel = np.where(rng.random((n, m)) < 0.6, 0.5, 0.0)
+    rel[np.arange(n), rng.integers(0, m, n)] = 1.0
+    rel[rng.integers(0, n, m), np.arange(m)] = 1.0
+    rel[5, 7] = rel[300, 11] = 0.123  # rare levels
+    scores = retrieval_scores(sim, rel, num_threads=2)
+    for i in (5, 300, 17):
+        ap, nd = reference_row(sim[i], rel[i])
+        assert scores["vis_ap"][i] == pytest.approx(ap, abs=1e-12)
+        assert scores["vis_ndcg"][i] == pytest.approx(nd, abs=1e-12)
+    for j in (7, 11, 40):
+        ap, nd = reference_row(sim[:, j], rel[:, j])
+        assert scores["txt_ap"][j] == pytest.approx(ap, abs=1e-12)
+        assert scores["txt_ndcg"][j] == pytest.approx(nd, abs=1e-12)
+
+
+def test_level_codes_add_levels_the_sample_missed():
+    from lavila.evaluation import retrieval
+
+    values = np.array([0.5] * 100_000 + [0.25] + [1.0] * 100_000 + [0.75])  # sampled every 3rd: 0.25, 0.75 missed
+    levels, codes = retrieval._level_codes(values)
+    np.testing.assert_array_equal(levels, [0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_array_equal(levels[codes - 1], values)
