@@ -8,43 +8,9 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 JOB_TIMEOUT=${JOB_TIMEOUT:-300}
 ROW=${SLURM_TEST_ROW:-clip_timesformer_vanilla_base_ego4d4m_bs512_f4}
-P=0 F=0 S=0
-pass() { echo "PASSED $1"; P=$((P + 1)); }
-fail() { echo "FAILED $1: $2"; F=$((F + 1)); }
-skip() { echo "SKIPPED $1: $2"; S=$((S + 1)); }
-finish() { echo $P > "$W/real.passed"; echo $F > "$W/real.failed"; echo $S > "$W/real.skipped"; exit 0; }
-wait_job() {
-  local j=$1 t0=$SECONDS info st
-  while squeue -h -j "$j" 2>/dev/null | grep -q .; do
-    if [ $((SECONDS - t0)) -gt "$JOB_TIMEOUT" ]; then scancel "$j"; echo "TIMEOUT"; return 1; fi
-    sleep 0.5
-  done
-  info=$(scontrol show job -o "$j")
-  st=$(grep -o 'JobState=[A-Z_]*' <<<"$info" | cut -d= -f2)
-  echo "$st $(grep -o ' ExitCode=[0-9:]*' <<<"$info" | cut -d= -f2) restarts=$(grep -o 'Restarts=[0-9]*' <<<"$info" | cut -d= -f2)"
-  [ "$st" = COMPLETED ]
-}
-# Wait until a running job (id $3) has written a file (its checkpoint); 1 if the job ended or $2 s passed first.
-wait_file() {
-  local t0=$SECONDS
-  while [ ! -f "$1" ]; do
-    { [ $((SECONDS - t0)) -gt "$2" ] || ! squeue -h -j "$3" 2>/dev/null | grep -q .; } && return 1
-    sleep 0.5
-  done
-}
-# A requeued job waits ~2 min before it may start again (Slurm's requeue delay); once it is pending again, let it
-# start now so the test does not idle. Runs in the background while wait_job polls.
-release_requeued() {
-  local j=$1 t0=$SECONDS info
-  while [ $((SECONDS - t0)) -lt 200 ]; do
-    info=$(scontrol show job -o "$j" 2>/dev/null) || return 0
-    if grep -q 'JobState=PENDING' <<<"$info" && ! grep -q 'Restarts=0 ' <<<"$info"; then
-      scontrol update JobId="$j" StartTime=now && return 0
-    fi
-    sleep 0.5
-  done
-}
-show_log() { echo "---- $1"; tail -n "${2:-40}" "$1" 2>/dev/null | sed 's/^/    /'; }
+# shellcheck source=tests/slurm/job_helpers.sh
+source "$(dirname "$0")/job_helpers.sh"
+finish() { echo $PASSED > "$W/real.passed"; echo $FAILED > "$W/real.failed"; echo $SKIPPED > "$W/real.skipped"; exit 0; }
 cd "$ROOT"
 
 missing=()
