@@ -57,7 +57,8 @@ def call(fn, inputs, opts):
 def values_and_grads(fn, inputs, opts, gout_seed=1):
     leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
     y = call(fn, leaves, opts)
-    gout = torch.randn(y.shape, generator=torch.Generator().manual_seed(gout_seed), dtype=torch.float64).to(y.dtype)
+    gout = torch.randn(y.shape, generator=torch.Generator().manual_seed(gout_seed), dtype=torch.float64)
+    gout = gout.to(device=y.device, dtype=y.dtype)  # on y's device: the CUDA backend's grads too
     used = [k for k in leaves if k in ("u", "delta", "A", "B", "C") or opts.get(k)]
     grads = torch.autograd.grad(y, [leaves[k] for k in used], gout)
     return y.detach(), dict(zip(used, grads))
@@ -86,6 +87,17 @@ def test_long_sequence_matches_reference(fn, monkeypatch):
     inputs = make_inputs(b=3, d=4, n=3, length=1000, seed=3)
     assert ssm._tiling(3, 4, 3, 1000)[0] < 1000
     assert_matches_reference(fn, inputs, opts, atol=1e-9)
+
+
+def test_accelerator_tiling_uses_few_large_blocks():
+    # TimeMamba-B at batch 32: 6272 sequences of 4 steps, d_inner 768. CPU blocks are cache-sized (hundreds of
+    # blocks); on a GPU, where every block costs kernel launches, a handful of blocks covers the batch.
+    batch, d, n, length = 32 * 196, 768, 16, 4
+    _, cpu_rows = ssm._tiling(batch, d, n, length, ssm._block_elems(torch.device("cpu")))
+    chunk, gpu_rows = ssm._tiling(batch, d, n, length, ssm._block_elems(torch.device("cuda")))
+    assert -(-batch // cpu_rows) > 500
+    assert chunk == length and -(-batch // gpu_rows) <= 8
+    assert chunk * gpu_rows * d * n <= ssm._ACCEL_BLOCK_ELEMS
 
 
 @pytest.mark.parametrize("rows_blocked", [False, True])
