@@ -11,8 +11,8 @@ Needs a CUDA device; without one it prints why and exits 0 (it is not part of ``
 * SDPA: one TimeSformer-B bf16 train step with attention restricted to the flash backend, to show every attention
   call of the tower can take it (an error would say which cannot).
 
-Usage: ``python benchmarks/bench_gpu.py [--json FILE] [--markdown]``; ``--tiny --device cpu`` is a smoke test of the
-script itself on small models (used by the tests).
+Usage: ``python benchmarks/bench_gpu.py [--json FILE] [--markdown]``; ``--tiny --device cpu`` runs the script on small models
+without a GPU (a smoke test of the script itself).
 """
 from __future__ import annotations
 
@@ -121,8 +121,17 @@ def scan_step(inputs: dict[str, torch.Tensor], backend: str) -> torch.Tensor:
     return y.detach()
 
 
+class _Rows(list):
+    """Result rows, each also printed when it is added (a run cut short by a time limit keeps what it measured)."""
+
+    def append(self, row: dict) -> None:
+        super().append(row)
+        print(f"  {row['name']}: {row['ours']:.4g} {row['unit']} (baseline {row['baseline']:.4g}); "
+              f"{row.get('notes', '')}", flush=True)
+
+
 def run(device: torch.device, tiny: bool, steps: int, warmup: int, frames: int, batch: int) -> list[dict]:
-    rows: list[dict] = []
+    rows: list[dict] = _Rows()
     backends = ["torch"] + (["cuda"] if device.type == "cuda" and cuda_scan_available() else [])
     cfg = f"{frames}f {'tiny' if tiny else '224px'} batch {batch} {'bf16' if device.type == 'cuda' else 'fp32'}"
     base, base_mem = train_step(TOWERS["TimeSformer-B"], device, frames, batch, False, None, steps, warmup, tiny)
