@@ -11,8 +11,8 @@ Needs a CUDA device; without one it prints why and exits 0 (it is not part of ``
 * SDPA: one TimeSformer-B bf16 train step with attention restricted to the flash backend, to show every attention
   call of the tower can take it (an error would say which cannot).
 
-Usage: ``python benchmarks/bench_gpu.py [--json FILE] [--markdown]``; ``--tiny --device cpu`` runs the script on small models
-without a GPU (a smoke test of the script itself).
+Usage: ``python benchmarks/bench_gpu.py [--json FILE] [--markdown]``; ``--tiny --device cpu`` runs the script on
+small models without a GPU (a smoke test of the script itself).
 """
 from __future__ import annotations
 
