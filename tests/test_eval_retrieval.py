@@ -10,7 +10,19 @@ import pandas as pd
 import pytest
 import torch
 
+from lavila.evaluation import retrieval, retrieval_kernel
 from lavila.evaluation.retrieval import mean_average_precision, mir_metrics, ndcg, retrieval_scores
+
+needs_kernel = pytest.mark.skipif(retrieval_kernel.load_kernel() is None,
+                                  reason="no C compiler: compiled MIR kernel unavailable")
+
+
+@pytest.fixture(autouse=True, params=[pytest.param("kernel", marks=needs_kernel), "numpy"])
+def backend(request, monkeypatch):
+    """Every test runs on the compiled kernel and on the NumPy path (what a machine without a C compiler uses)."""
+    if request.param == "numpy":
+        monkeypatch.setattr(retrieval_kernel, "load_kernel", lambda: None)
+    return request.param
 
 
 def reference_row(sim: np.ndarray, rel: np.ndarray) -> tuple[float, float]:
@@ -141,13 +153,18 @@ def test_thread_count_does_not_change_results():
         np.testing.assert_array_equal(a[key], b[key])
 
 
-def test_real_ek100_full_size(ek100_annotations):
-    """The full 9,668 x 3,842 problem on the rebuilt real relevancy: time, and a row/column subset vs the reference."""
+@pytest.fixture(scope="module")
+def ek100_test_relevancy(ek100_annotations) -> np.ndarray:
     from lavila.evaluation.relevancy import build_relevancy
 
     ret = ek100_annotations / "retrieval_annotations"
-    rel = build_relevancy(pd.read_csv(ret / "EPIC_100_retrieval_test.csv"),
-                          pd.read_csv(ret / "EPIC_100_retrieval_test_sentence.csv"))
+    return build_relevancy(pd.read_csv(ret / "EPIC_100_retrieval_test.csv"),
+                           pd.read_csv(ret / "EPIC_100_retrieval_test_sentence.csv"))
+
+
+def test_real_ek100_full_size(ek100_test_relevancy):
+    """The full 9,668 x 3,842 problem on the rebuilt real relevancy: time, and a row/column subset vs the reference."""
+    rel = ek100_test_relevancy
     rng = np.random.default_rng(0)
     sim = rng.random(rel.shape, dtype=np.float32)  # float32 in [0, 1): plenty of exact ties
     tic = time.perf_counter()
@@ -177,8 +194,6 @@ def test_neighbouring_floats_keep_their_exact_order():
 
 @pytest.mark.parametrize("budget", [0, 10**9])
 def test_tie_fixups_and_exact_fallback_agree_with_reference(monkeypatch, budget):
-    from lavila.evaluation import retrieval
-
     monkeypatch.setattr(retrieval, "_MAX_FIXUPS_PER_ROW", budget)
     rng = np.random.default_rng(5)
     n, m = 40, 60
@@ -223,9 +238,108 @@ def test_rare_relevancy_level_is_coded_exactly():
 
 
 def test_level_codes_add_levels_the_sample_missed():
-    from lavila.evaluation import retrieval
-
     values = np.array([0.5] * 100_000 + [0.25] + [1.0] * 100_000 + [0.75])  # sampled every 3rd: 0.25, 0.75 missed
     levels, codes = retrieval._level_codes(values)
     np.testing.assert_array_equal(levels, [0.25, 0.5, 0.75, 1.0])
     np.testing.assert_array_equal(levels[codes - 1], values)
+
+
+def _random_problem(rng: np.random.Generator, n: int, m: int, density: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    rel = np.where(rng.random((n, m)) < density, rng.choice([0.25, 0.5, 1.0, 1 / 3], size=(n, m)), 0.0)
+    rel[np.arange(n), rng.integers(0, m, n)] = 1.0
+    rel[rng.integers(0, n, m), np.arange(m)] = 1.0
+    return rng.standard_normal((n, m)), rel
+
+
+@pytest.mark.parametrize("case", ["float64 extremes", "subnormal range", "constant rows", "signed zeros",
+                                  "empty queries"])
+def test_awkward_similarities_match_reference(case):
+    """Ranges that defeat equal-width bucketing (huge, subnormal, none), -0.0 / 0.0 ties, queries without items."""
+    rng = np.random.default_rng(11)
+    sim, rel = _random_problem(rng, 23, 31)
+    if case == "float64 extremes":  # max - min overflows float64
+        sim[:, ::3] = 1e308
+        sim[:, 1::3] = -1e308
+        sim[::4] = np.round(sim[::4])
+    elif case == "subnormal range":  # (max - min) / buckets underflows
+        sim = np.where(sim > 0, 5e-324, 0.0)
+        sim[:, ::5] = 1e-323
+    elif case == "constant rows":
+        sim = np.round(sim).astype(np.float32)
+        sim[:7] = 0.25
+        sim[:, :4] = -3.0
+    elif case == "signed zeros":
+        sim = np.where(rng.random(sim.shape) < 0.5, -0.0, 0.0).astype(np.float32)
+        sim[:, ::6] = np.float32(1e-30)
+    else:  # a row and a column with no non-zero relevancy: NaN, as the reference
+        rel[4] = 0.0
+        rel[:, 9] = 0.0
+        sim = sim.astype(np.float32)
+    _assert_matches_reference(sim, rel, num_threads=2)
+
+
+def test_more_distinct_levels_than_the_code_tables_hold():
+    """> 255 distinct relevancies among the rows of one thread (the kernel's one-byte codes overflow: the columns
+    then read those rows' float64 relevancy) and > 128 in a query (its ideal DCG sorts the values)."""
+    rng = np.random.default_rng(12)
+    n, m = 60, 300
+    sim = np.round(rng.standard_normal((n, m)), 1).astype(np.float32)  # ties too
+    rel = np.where(rng.random((n, m)) < 0.6, rng.random((n, m)), 0.0)
+    rel[np.arange(n), rng.integers(0, m, n)] = 1.0
+    rel[rng.integers(0, n, m), np.arange(m)] = 1.0
+    rel[5:] = np.round(rel[5:] * 8) / 8  # rows 0-4 hold ~900 distinct levels (~180 each), the rest 9
+    _assert_matches_reference(sim, rel, num_threads=1)
+
+
+@needs_kernel
+def test_kernel_and_numpy_paths_agree(monkeypatch, backend):
+    if backend != "kernel":
+        pytest.skip("compares the two paths once")
+    rng = np.random.default_rng(13)
+    sim, rel = _random_problem(rng, 150, 170, density=0.15)
+    sim = (np.round(sim * 6) / 6).astype(np.float32)  # many ties
+    sim[3, 7], sim[3, 8] = -0.0, 0.0
+    rel[10] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        kernel = retrieval_scores(sim, rel, num_threads=2)
+        monkeypatch.setattr(retrieval_kernel, "load_kernel", lambda: None)
+        numpy_path = retrieval_scores(sim, rel, num_threads=2)
+    for key in kernel:
+        np.testing.assert_allclose(kernel[key], numpy_path[key], rtol=0, atol=1e-13, equal_nan=True)
+
+
+def test_falls_back_to_numpy_without_compiler(monkeypatch, tmp_path, backend):
+    """No compiler: load_kernel() is None (with the reason), and the metrics come from the NumPy path."""
+    if backend != "numpy":
+        pytest.skip("runs once")
+    monkeypatch.undo()  # the real load_kernel, with a compiler that does not exist
+    saved = dict(retrieval_kernel._kernel.state)
+    try:
+        retrieval_kernel._kernel.state.clear()
+        monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+        monkeypatch.setenv("LAVILA_KERNEL_CACHE", str(tmp_path / "cache"))
+        assert retrieval_kernel.load_kernel() is None
+        assert "no-such-compiler" in retrieval_kernel.kernel_error()
+        assert mir_metrics(np.eye(3, dtype=np.float32), np.eye(3))["avg_map"] == pytest.approx(1.0)
+    finally:
+        retrieval_kernel._kernel.state.clear()
+        retrieval_kernel._kernel.state.update(saved)
+
+
+@needs_kernel
+def test_loading_the_kernel_keeps_denormals(tmp_path, backend):
+    """Loading the compiled MIR kernel must not switch the process to flush-to-zero (what -ffast-math builds do)."""
+    import os
+    import subprocess
+    import sys
+
+    if backend != "kernel":
+        pytest.skip("runs once")
+    code = ("import numpy as np\n"
+            "from lavila.evaluation import retrieval_kernel\n"
+            "assert retrieval_kernel.load_kernel() is not None, retrieval_kernel.kernel_error()\n"
+            "assert np.float32(1e-40) * np.float32(1.0) != 0, 'denormal flushed'\n")
+    env = {**os.environ, "LAVILA_KERNEL_CACHE": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr

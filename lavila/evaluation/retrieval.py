@@ -22,20 +22,25 @@ Conventions (documented choices):
   out of the mean instead. On the real EK100 test relevancy every row and every column has a positive.
 * Relevancy must be finite and non-negative and similarity finite; anything else raises ``ValueError``.
 
-Algorithm: only items of non-zero relevancy (about 11 % of the real EK100 test matrix) contribute to either metric,
-and their relevancy takes few distinct levels (17 on EK100), so each is stored as a small integer code. One pass over
-the matrix (in L2-sized chunks) validates it and builds 32-bit sort keys: the top 31 bits of the order-preserving
-integer of the float32 similarity and a "non-zero relevancy" flag bit; the text-to-video direction reads the same keys
-through a blocked transpose of each chunk of columns. Each query row is sorted once; the flagged positions of a sorted
-row are the ranks of the items that matter, paired with their codes by one sort per direction of packed 64-bit
-(query, key, item, code) values of the non-zero items alone, so the relevancy in rank order comes out of the sort
-itself (no gather from the relevancy matrix). An item whose 31-bit key is shared by a neighbour (an exact tie, or
-floats one unit apart) gets its exact rank by direct comparison with its row; a chunk with very many of them (e.g.
-constant scores) sorts 64-bit keys (value, item index, code) instead, which is exact by construction. AP, DCG and the
-ideal DCG (from the per-query histogram of relevancy levels) are per-chunk cumsums and ``bincount``s. With two or
-more threads all chunks of both directions share one thread pool (NumPy releases the GIL while sorting).
-Similarities that float32 cannot hold exactly (float64 data) use a stable ``argsort`` per chunk instead (same
-results, slower). No Python loop over rows, no dense (N x M) index or divisor matrices.
+Algorithm: only items of non-zero relevancy (about 11 % of the real EK100 test matrix) contribute to either metric.
+The compiled kernel (:mod:`lavila.evaluation.retrieval_kernel`, built with the system C compiler on first use) ranks
+just those items of each query with equal-width similarity buckets and one counting pass over the query (no sort
+of the whole query), in both directions, on ``num_threads`` threads. Without a C compiler the NumPy path below is
+used; both give the same numbers (to rounding of the sums, ~1e-16).
+
+NumPy path: the non-zero relevancies take few distinct levels (17 on EK100), so each is stored as a small integer
+code. One pass over the matrix (in L2-sized chunks) validates it and builds 32-bit sort keys: the top 31 bits of the
+order-preserving integer of the float32 similarity and a "non-zero relevancy" flag bit; the text-to-video direction
+reads the same keys through a blocked transpose of each chunk of columns. Each query row is sorted once; the flagged
+positions of a sorted row are the ranks of the items that matter, paired with their codes by one sort per direction
+of packed 64-bit (query, key, item, code) values of the non-zero items alone, so the relevancy in rank order comes
+out of the sort itself (no gather from the relevancy matrix). An item whose 31-bit key is shared by a neighbour (an
+exact tie, or floats one unit apart) gets its exact rank by direct comparison with its row; a chunk with very many
+of them (e.g. constant scores) sorts 64-bit keys (value, item index, code) instead, which is exact by construction.
+AP, DCG and the ideal DCG (from the per-query histogram of relevancy levels) are per-chunk cumsums and
+``bincount``s. With two or more threads all chunks of both directions share one thread pool (NumPy releases the GIL
+while sorting). Similarities that float32 cannot hold exactly (float64 data) use a stable ``argsort`` per chunk
+instead (same results, slower). No Python loop over rows, no dense (N x M) index or divisor matrices.
 """
 from __future__ import annotations
 
@@ -47,6 +52,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from lavila.evaluation import retrieval_kernel
 
 __all__ = ["mir_metrics", "mean_average_precision", "ndcg", "retrieval_scores"]
 
@@ -78,11 +85,7 @@ def _check_inputs(similarity: Any, relevancy: Any) -> tuple[np.ndarray, np.ndarr
                          "(queries x items; the video-to-text matrix is clips x unique sentences)")
     if sim.size == 0:
         raise ValueError("empty similarity matrix")
-    if sim.dtype != np.float32:  # (finiteness is checked chunk by chunk in _prepare)
-        as32 = sim.astype(np.float32)
-        if np.array_equal(as32, sim):  # e.g. float32 scores stored as float64: take the fast path
-            sim = as32
-    return np.ascontiguousarray(sim), np.ascontiguousarray(rel)
+    return np.ascontiguousarray(sim), np.ascontiguousarray(rel)  # (finiteness: checked by the scoring passes)
 
 
 @dataclass
@@ -310,11 +313,29 @@ def _plan(p: _Prepared, transpose: bool) -> tuple[Any, range]:
 
 def _directions(similarity: Any, relevancy: Any, num_threads: int | None, transposes: tuple[bool, ...]
                 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per-query (AP, nDCG) of each direction; all chunks of all directions share one pool of threads."""
+    """Per-query (AP, nDCG) of each direction: the compiled kernel when it builds here, else NumPy."""
     threads = _threads(num_threads)
+    sim, rel = _check_inputs(similarity, relevancy)
+    # the kernel takes float32 / float64 (not long double) and 32-bit item indices
+    fits = sim.dtype in (np.float32, np.float64) and max(sim.shape) < 2**31
+    lib = retrieval_kernel.load_kernel() if fits else None
+    if lib is not None:
+        return retrieval_kernel.direction_scores(lib, sim, np.ascontiguousarray(rel, dtype=np.float64), transposes,
+                                                 threads)
+    return _numpy_directions(sim, rel, threads, transposes)
+
+
+def _numpy_directions(sim: np.ndarray, rel: np.ndarray, threads: int, transposes: tuple[bool, ...]
+                      ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The NumPy path (no C compiler); all chunks of all directions share one pool of threads."""
+    if sim.dtype != np.float32:
+        with np.errstate(over="ignore"):  # values beyond float32: not equal below, the float64 path is taken
+            as32 = sim.astype(np.float32)
+        if np.array_equal(as32, sim):  # e.g. float32 scores stored as float64: take the fast path
+            sim = as32
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
     try:
-        prepared = _prepare(*_check_inputs(similarity, relevancy), pool)
+        prepared = _prepare(sim, rel, pool)
         plans = _map(pool, lambda t: _plan(prepared, t), transposes)
         tasks = [(run, lo) for run, starts in plans for lo in starts]
         parts = _map(pool, lambda task: task[0](task[1]), tasks)

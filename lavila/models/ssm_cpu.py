@@ -3,33 +3,21 @@
 The pure-PyTorch scan in :mod:`lavila.models.ssm` has to stream (b, d, l, n)-sized tensors through memory a few
 dozen times; this kernel keeps the (n,) state of one (batch, channel) row in registers, so forward + backward is
 a couple of passes over the inputs. No torch headers are needed: the C code works on raw pointers, is compiled
-with ``cc -O3`` into a shared library cached under ``$LAVILA_KERNEL_CACHE`` (default ``~/.cache/lavila/kernels``),
-loaded with ctypes, and, for large problems, run on ``torch.get_num_threads()`` Python threads (ctypes releases
-the GIL) over disjoint channel ranges. When no compiler is available, or the build fails, :func:`load_kernel`
-returns None and the caller uses the pure-PyTorch path.
+with ``cc -O3`` on first use, cached and loaded with ctypes by :mod:`lavila.utils.ckernel` (cache folder
+``$LAVILA_KERNEL_CACHE``, default ``~/.cache/lavila/kernels``), and, for large problems, run on
+``torch.get_num_threads()`` Python threads (ctypes releases the GIL) over disjoint channel ranges. When no
+compiler is available, or the build fails, :func:`load_kernel` returns None and the caller uses the pure-PyTorch path.
 """
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-__all__ = ["load_kernel", "kernel_error", "scan_forward", "scan_backward"]
+from lavila.utils.ckernel import CACHE_ENV, CompiledKernel, thread_pool
 
-log = logging.getLogger(__name__)
-
-CACHE_ENV = "LAVILA_KERNEL_CACHE"
+__all__ = ["CACHE_ENV", "load_kernel", "kernel_error", "scan_forward", "scan_backward"]
 
 # Vectorisable float helpers: a branch-free expf (Cephes polynomial, ~1 ulp; arguments clamped to [-87, 88], so
 # underflow gives ~1e-38 instead of 0 and nothing overflows), log1p on [0, 1] through 2*atanh(y / (2 + y)) (no
@@ -230,51 +218,13 @@ def _c_source() -> str:
     return "".join(parts)
 
 
-# Not -ffast-math: GCC (< 13) then links crtfastmath.o into the shared library, whose constructor switches the
-# whole process to flush-denormals-to-zero the moment the kernel is loaded. These flags allow the same
-# vectorisation of the sums without touching global floating-point state.
+# Not -ffast-math (see lavila.utils.ckernel): these flags allow the same vectorisation of the sums without touching
+# global floating-point state.
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
           "-fassociative-math", "-freciprocal-math", "-fPIC", "-shared", "-std=c99"]
 
-_lock = threading.Lock()
-_state: dict = {}
 
-
-def _cpu_signature() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _build() -> ctypes.CDLL:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if compiler is None:
-        raise RuntimeError("no C compiler found (cc/gcc/clang)")
-    source = _c_source()
-    key = hashlib.sha256("\n".join([source, " ".join(_FLAGS), compiler, platform.machine(),
-                                    _cpu_signature()]).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "lavila" / "kernels"))
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError:  # read-only home: build into the temp folder instead
-        cache = Path(tempfile.gettempdir()) / f"lavila-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}"
-        cache.mkdir(parents=True, exist_ok=True)
-    lib_path = cache / f"selective_scan_{key}.so"
-    if not lib_path.is_file():
-        with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            src = Path(tmp) / "selective_scan.c"
-            src.write_text(source)
-            tmp_lib = Path(tmp) / lib_path.name
-            proc = subprocess.run([compiler, *_FLAGS, str(src), "-o", str(tmp_lib), "-lm"],
-                                  capture_output=True, text=True, timeout=120)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{compiler} failed: {proc.stderr.strip()[:2000]}")
-            os.replace(tmp_lib, lib_path)  # atomic: concurrent builders just overwrite with the same file
-    lib = ctypes.CDLL(str(lib_path))
+def _declare(lib: ctypes.CDLL) -> None:
     ptr, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     for suf in ("f32", "f64"):
         fwd = getattr(lib, f"fwd_{suf}")
@@ -283,35 +233,20 @@ def _build() -> ctypes.CDLL:
         bwd = getattr(lib, f"bwd_{suf}")
         bwd.argtypes = [ptr] * 8 + [i32] + [ptr] * 9 + [i64] * 6
         bwd.restype = i32
-    return lib
+
+
+_kernel = CompiledKernel("selective_scan", _c_source, _FLAGS, _declare, "the pure-PyTorch scan")
+_state = _kernel.state  # lib / error once tried (tests clear it to force a rebuild)
 
 
 def load_kernel() -> ctypes.CDLL | None:
     """The compiled kernel library, building it on first use; None when it cannot be built here."""
-    with _lock:
-        if "lib" not in _state:
-            try:
-                _state["lib"] = _build()
-                _state["error"] = None
-            except Exception as exc:  # no compiler, failed build, unloadable library: fall back to PyTorch
-                _state["lib"] = None
-                _state["error"] = f"{type(exc).__name__}: {exc}"
-                log.warning("compiled CPU selective scan unavailable (%s); using the pure-PyTorch scan",
-                            _state["error"])
-        return _state["lib"]
+    return _kernel.load()
 
 
 def kernel_error() -> str | None:
     """Why the kernel could not be built (None when it was built or not tried yet)."""
-    return _state.get("error")
-
-
-def _pool(threads: int) -> ThreadPoolExecutor:
-    key = (os.getpid(), threads)  # a forked child (DataLoader worker) must not reuse the parent's threads
-    if _state.get("pool_key") != key:
-        _state["pool"] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lavila-scan")
-        _state["pool_key"] = key
-    return _state["pool"]
+    return _kernel.error()
 
 
 # Below this many state updates (b*d*l*n) one thread is faster than handing work to the pool.
@@ -334,7 +269,7 @@ def _run(jobs) -> None:
     if len(jobs) == 1:
         codes = [jobs[0]()]
     else:
-        codes = list(_pool(torch.get_num_threads()).map(lambda job: job(), jobs))
+        codes = list(thread_pool(torch.get_num_threads()).map(lambda job: job(), jobs))
     if any(codes):
         raise MemoryError("selective scan CPU kernel could not allocate its scratch buffers")
 
