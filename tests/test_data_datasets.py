@@ -212,12 +212,27 @@ def test_fused_decode_resize_matches_crop_then_resize(data):
     crop + antialiased resize path to within interpolation differences."""
     ret = ann(data) / "retrieval_annotations"
     kw = dict(is_training=False, num_frames=T, crop_size=40, norm="openai")
-    fused = EK100MIRDataset(data / "ek100" / "videos", ret / "EPIC_100_retrieval_test.csv", **kw)
-    plain = EK100MIRDataset(data / "ek100" / "videos", ret / "EPIC_100_retrieval_test.csv", fused_resize=False,
+    fused = EK100MIRDataset(data / "ek100" / "videos", ret / "EPIC_100_retrieval_test.csv", fused_resize=True,
                             **kw)
+    plain = EK100MIRDataset(data / "ek100" / "videos", ret / "EPIC_100_retrieval_test.csv", **kw)
     fused[0]  # learns the frame size
     a, b = fused[1][0], plain[1][0]
     assert a.shape == b.shape == (3, T, 40, 40)
+    assert fused._frame_sizes and not plain._frame_sizes and not torch.equal(a, b)  # really two paths
     assert (a - b).abs().mean() < 0.08  # normalised units (~5 grey levels at this tiny size)
     plan = fused.transform.plan(48, 64)
     assert (plan.scaled_h, plan.scaled_w, plan.top, plan.left) == (40, 53, 0, 7)
+
+
+def test_datasets_default_to_the_engines_resize_path():
+    """The datasets' default resize path is the engines' (``--fused-decode-crop`` off), so eval_zeroshot.py, the
+    engines and benchmarks/bench_data.py decode the same way unless asked otherwise."""
+    import inspect
+
+    from lavila.data.clips import ClipDataset
+    from lavila.train.loop import parse_engine_args
+    from lavila.train.pretrain import PretrainEngine
+
+    assert parse_engine_args(PretrainEngine(), []).fused_decode_crop is False
+    for cls in (ClipDataset, Ego4DPretrainDataset, EK100MIRDataset, EK100CLSDataset, EgoSchemaDataset):
+        assert inspect.signature(cls).parameters["fused_resize"].default is False, cls.__name__

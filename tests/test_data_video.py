@@ -170,8 +170,51 @@ def test_uint8_output_normalised_on_device_matches_float():
     clip = np.random.default_rng(1).integers(0, 255, (3, 48, 64, 3), dtype=np.uint8)
     f = VideoTransform(32, norm="lavila")(clip)
     u = VideoTransform(32, norm="lavila", output="uint8")(clip)
-    assert u.dtype == torch.uint8
-    assert torch.allclose(NormalizeVideo("lavila")(u[None])[0], f, atol=1e-5)
+    assert u.dtype == torch.uint8 and u.is_contiguous() and f.is_contiguous()
+    assert torch.equal(NormalizeVideo("lavila")(u[None])[0], f)  # the same arithmetic on CPU
+    mean, std = NORMALIZATION["lavila"]
+    expected = (u.double() - torch.tensor(mean, dtype=torch.float64).view(3, 1, 1, 1)) / \
+        torch.tensor(std, dtype=torch.float64).view(3, 1, 1, 1)
+    assert torch.allclose(f.double(), expected, atol=1e-5)
+    assert torch.allclose(NormalizeVideo("lavila")(u.float()), f, atol=1e-6)  # float input
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_crop_resize_is_torchvision_resized_crop_on_uint8(training):
+    """The crop is cut from the uint8 frames and only the crop is resized (bilinear, antialiased), as torchvision's
+    resized_crop does on a uint8 (T, 3, H, W) clip, then normalised."""
+    from torchvision.transforms.v2 import functional as TF
+
+    clip = np.random.default_rng(2).integers(0, 255, (5, 60, 90, 3), dtype=np.uint8)
+    tf = VideoTransform(40, is_training=training, norm="openai", output="uint8")
+    top, left, h, w = tf.crop_box(60, 90, torch.Generator().manual_seed(3))
+    out = tf(clip, torch.Generator().manual_seed(3))
+    ref = TF.resized_crop(torch.from_numpy(clip).permute(0, 3, 1, 2), top, left, h, w, [40, 40], antialias=True)
+    assert out.shape == (3, 5, 40, 40)
+    assert torch.equal(out, ref.transpose(0, 1))
+    assert torch.equal(VideoTransform(40, is_training=training, norm="openai")(clip, torch.Generator().manual_seed(3)),
+                       NormalizeVideo("openai")(out))
+
+
+def test_crop_of_the_output_size_is_cut_without_resizing():
+    clip = np.random.default_rng(4).integers(0, 255, (2, 30, 50, 3), dtype=np.uint8)
+    out = VideoTransform(30, is_training=False, output="uint8")(clip)
+    assert torch.equal(out, torch.from_numpy(clip[:, :, 10:40]).permute(3, 0, 1, 2))
+
+
+def test_decord_frames_outlive_their_reader(tmp_path):
+    """decord's frames are a zero-copy view of its output buffer: they must stay valid after the reader is gone."""
+    if not decord_available():
+        pytest.skip("decord not installed")
+    import gc
+
+    write_video(tmp_path / "v.mp4", solid(RED, 20, ramp=True), 10.0)
+    frames = load_frames(tmp_path / "v.mp4", 4, backend="decord")
+    gc.collect()
+    _ = [np.ones((64, 64, 3), np.uint8) for _ in range(100)]  # reuse freed memory, if any was freed
+    assert frames.dtype == np.uint8 and frames.shape == (4, 32, 64, 3)
+    assert np.array_equal(frames, load_frames(tmp_path / "v.mp4", 4, backend="pyav"))
+    assert [dominant(f) for f in frames] == ["red"] * 4 and list(frames[:, 0, 0, 1]) == sorted(frames[:, 0, 0, 1])
 
 
 def test_normalisation_constants():

@@ -265,3 +265,19 @@ def test_torchrun_two_process_evaluation_matches_one_process(data, tmp_path, rep
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (two,) = [r for r in read_metrics(tmp_path / "two", "eval")]
     assert {k: two[k] for k in one["metrics"]} == one["metrics"]  # bit-identical
+
+
+def test_training_clips_leave_workers_as_uint8_and_normalise_like_the_float_output(data, tmp_path):
+    from lavila.train.engine_utils import video_to_device
+    from lavila.train.loop import parse_engine_args
+    from lavila.train.sampler import PerSampleSeededDataset
+
+    args = parse_engine_args(PretrainEngine(), pretrain_args(data, tmp_path))
+    train, _ = PretrainEngine().build_datasets(args)
+    raw = PerSampleSeededDataset(train, seed=0)[1][0]
+    assert raw.dtype == torch.uint8
+    train.transform.output = "float"
+    reference = PerSampleSeededDataset(train, seed=0)[1][0]
+    normalised = video_to_device(raw[None], torch.device("cpu"), args)[0]
+    assert normalised.dtype == torch.float32
+    assert torch.equal(normalised, reference)  # same arithmetic: resuming or evaluating gives the same numbers

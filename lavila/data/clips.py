@@ -3,6 +3,13 @@
 Policy (``on_error``): ``"skip"`` (training default) records the path and reason in ``skip_tracker`` and returns
 ``None`` for the loader's collate to drop and count; ``"raise"`` (evaluation default, always used when
 ``is_training=False`` unless overridden) raises ``VideoDecodeError`` naming the path.
+
+Resize path (``fused_resize``): off by default, as the engines' ``--fused-decode-crop`` flag: frames are decoded at
+their stored size and ``VideoTransform`` crops a view of them and resizes only the crop (one batched uint8 call).
+With ``fused_resize=True`` the decoder scales whole frames so that the crop comes out at S x S (``CropPlan``); with
+stock decord that scaling costs more than the separate crop + resize it saves (one process, 8 frames of 568x320
+H.264, 224 px: decode +6-7 ms/clip, transform -3 ms/clip; ``benchmarks/bench_data.py --stages``), so it is kept
+only as an option. The two paths give slightly different pixels: do not switch between them when resuming a run.
 """
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ import os
 import torch
 from torch.utils.data import Dataset
 
-from lavila.data.loader import SkipTracker
+from lavila.data.loader import SkipTracker, tune_worker_allocator
 from lavila.data.tokenizer import get_tokenizer
 from lavila.data.transforms import VideoTransform
 from lavila.data.video import BACKENDS, VideoDecodeError, load_clip, load_frames, probe_frame_size, video_path_key
@@ -25,7 +32,7 @@ class ClipDataset(Dataset):
     def __init__(self, root: str | os.PathLike, num_frames: int = 4, chunk_len: float = 15.0, crop_size: int = 224,
                  is_training: bool = False, norm: str = "openai", context_length: int = 77, backend: str = "auto",
                  output: str = "float", on_error: str | None = None, decode_threads: int = 1,
-                 fused_resize: bool = True) -> None:
+                 fused_resize: bool = False) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown video backend {backend!r}; choose one of {BACKENDS}")
         if not os.path.isdir(root):
@@ -47,8 +54,9 @@ class ClipDataset(Dataset):
         get_tokenizer()  # build once here so forked DataLoader workers inherit it
 
     def _decode(self, key: str, load, probe) -> torch.Tensor:
-        # The resize is fused into decoding (CropPlan: same crop, no separate resize pass) once the frame size of
-        # the video is known; it is read from the file header on first use (cached per worker).
+        tune_worker_allocator()  # once per DataLoader worker: reuse heap memory for the per-clip buffers
+        # fused_resize: the resize is fused into decoding (CropPlan: same crop, no separate resize pass) once the
+        # frame size of the video is known; it is read from the file header on first use (cached per worker).
         size = self._frame_sizes.get(key) if self.fused_resize else None
         if size is None and self.fused_resize:
             try:

@@ -59,7 +59,7 @@ class Ego4DPretrainDataset(ClipDataset):
                  metadata_aux: Sequence[str | os.PathLike] | None = (), num_frames: int = 4, chunk_len: float = 15.0,
                  crop_size: int = 224, is_training: bool = True, norm: str = "openai", context_length: int = 77,
                  backend: str = "auto", output: str = "float", on_error: str | None = None,
-                 fused_resize: bool = True) -> None:
+                 fused_resize: bool = False) -> None:
         super().__init__(root, num_frames, chunk_len, crop_size, is_training, norm, context_length, backend, output,
                          on_error, fused_resize=fused_resize)
         self.metadata_paths = [str(metadata), *map(str, metadata_aux or ())]

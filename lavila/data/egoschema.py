@@ -55,7 +55,7 @@ class EgoSchemaDataset(ClipDataset):
 
     def __init__(self, root: str | os.PathLike, questions: str | os.PathLike, num_frames: int = 16,
                  crop_size: int = 224, norm: str = "openai", context_length: int = 77, backend: str = "auto",
-                 output: str = "float", fused_resize: bool = True) -> None:
+                 output: str = "float", fused_resize: bool = False) -> None:
         super().__init__(root, num_frames, -1, crop_size, False, norm, context_length, backend, output, "raise",
                          fused_resize=fused_resize)
         self.questions = load_questions(questions)

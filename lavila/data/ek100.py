@@ -143,7 +143,7 @@ class EK100MIRDataset(ClipDataset):
                  sentence_path: str | os.PathLike | None = None, relevancy_path: str | os.PathLike | None = None,
                  num_frames: int = 4, chunk_len: float = 15.0, crop_size: int = 224, norm: str = "openai",
                  context_length: int = 77, backend: str = "auto", output: str = "float",
-                 on_error: str | None = None, positive_threshold: float = 0.1, fused_resize: bool = True) -> None:
+                 on_error: str | None = None, positive_threshold: float = 0.1, fused_resize: bool = False) -> None:
         super().__init__(root, num_frames, chunk_len, crop_size, is_training, norm, context_length, backend, output,
                          on_error, fused_resize=fused_resize)
         self.metadata = str(metadata)
@@ -215,7 +215,7 @@ class EK100CLSDataset(ClipDataset):
     def __init__(self, root: str | os.PathLike, metadata: str | os.PathLike,
                  vocabulary: ActionVocabulary | str | os.PathLike, is_training: bool = False, num_frames: int = 16,
                  chunk_len: float = 15.0, crop_size: int = 224, norm: str = "openai", backend: str = "auto",
-                 output: str = "float", on_error: str | None = None, fused_resize: bool = True) -> None:
+                 output: str = "float", on_error: str | None = None, fused_resize: bool = False) -> None:
         super().__init__(root, num_frames, chunk_len, crop_size, is_training, norm, 77, backend, output, on_error,
                          fused_resize=fused_resize)
         self.vocab = vocabulary if isinstance(vocabulary, ActionVocabulary) else ActionVocabulary.load(vocabulary)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from lavila.data.transforms import NormalizeVideo
 from lavila.train.loop import TrainingError, _resolve_checkpoint_source, model_overrides
 
 _CACHE: dict[str, dict[str, Any]] = {}
@@ -20,6 +22,27 @@ def video_dataset_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The decoding / transform keywords every engine passes to its ``ClipDataset`` (chunked video roots)."""
     return {"num_frames": args.clip_length, "chunk_len": args.video_chunk_length, "crop_size": args.input_size,
             "norm": args.norm_style, "backend": args.video_backend, "fused_resize": args.fused_decode_crop}
+
+
+def train_video_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`video_dataset_kwargs` for a training set: uint8 clips, normalised on the device by
+    :func:`video_to_device` (4x less data through the worker queues and the host-to-device copy; the workers' CPU
+    time goes to decoding)."""
+    return {**video_dataset_kwargs(args), "output": "uint8"}
+
+
+@lru_cache(maxsize=8)
+def _normalizer(norm: str, device: str) -> NormalizeVideo:
+    return NormalizeVideo(norm).to(device)
+
+
+def video_to_device(frames: torch.Tensor, device: torch.device, args: argparse.Namespace) -> torch.Tensor:
+    """A training batch's clips on ``device``, normalised there when they arrive as uint8 (the same arithmetic as
+    the datasets' float output, so both give the same values on CPU)."""
+    frames = frames.to(device, non_blocking=True)
+    if frames.dtype == torch.uint8:
+        frames = _normalizer(args.norm_style, str(device))(frames)
+    return frames
 
 
 def get_checkpoint(source: str, args: argparse.Namespace) -> dict[str, Any]:

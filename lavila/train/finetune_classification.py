@@ -20,7 +20,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lavila.train.engine_utils import load_weights, overrides_for, starting_checkpoint, video_dataset_kwargs
+from lavila.train.engine_utils import (
+    load_weights,
+    overrides_for,
+    starting_checkpoint,
+    train_video_kwargs,
+    video_dataset_kwargs,
+    video_to_device,
+)
 from lavila.train.loop import Engine, TrainingError
 from lavila.train.losses import ClassificationLoss
 from lavila.train.mixup import VideoMixup
@@ -103,7 +110,7 @@ class ClassificationEngine(Engine):
             if not args.train_metadata:
                 raise TrainingError("classification fine-tuning needs --train-metadata (EPIC_100_train.csv)")
             train = EK100CLSDataset(args.root, args.train_metadata, self.vocab, is_training=True,
-                                    on_error=args.skip_policy, **common)
+                                    on_error=args.skip_policy, **train_video_kwargs(args))
         val = EK100CLSDataset(args.root, args.val_metadata, self.vocab, is_training=False, **common) \
             if args.val_metadata else None
         return train, val
@@ -133,7 +140,7 @@ class ClassificationEngine(Engine):
 
     def train_step(self, model: nn.Module, batch: Any, criterion: nn.Module, args: argparse.Namespace,
                    device: torch.device) -> dict[str, torch.Tensor]:
-        frames, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        frames, labels = video_to_device(batch[0], device, args), batch[1].to(device, non_blocking=True)
         target = labels
         if self.mixup is not None:
             frames, target = self.mixup(frames, labels)

@@ -20,7 +20,9 @@ from lavila.train.engine_utils import (
     mir_relevancy,
     overrides_for,
     starting_checkpoint,
+    train_video_kwargs,
     video_dataset_kwargs,
+    video_to_device,
 )
 from lavila.train.loop import Engine, TrainingError
 from lavila.train.losses import MaxMarginRankingLoss
@@ -57,7 +59,8 @@ class RetrievalEngine(Engine):
             if not args.train_metadata:
                 raise TrainingError("MIR fine-tuning needs --train-metadata (EPIC_100_retrieval_train.csv)")
             train = EK100MIRDataset(args.root, args.train_metadata, is_training=True,
-                                    relevancy_path=args.train_relevancy_path, on_error=args.skip_policy, **common)
+                                    relevancy_path=args.train_relevancy_path, on_error=args.skip_policy,
+                                    **{**common, **train_video_kwargs(args)})
         val = None
         if args.val_metadata:
             val = EK100MIRDataset(args.root, args.val_metadata, is_training=False, **common)
@@ -79,7 +82,8 @@ class RetrievalEngine(Engine):
 
     def train_step(self, model: nn.Module, batch: Any, criterion: nn.Module, args: argparse.Namespace,
                    device: torch.device) -> dict[str, torch.Tensor]:
-        frames, tokens, relevancy = (b.to(device, non_blocking=True) for b in batch[:3])
+        frames = video_to_device(batch[0], device, args)
+        tokens, relevancy = (b.to(device, non_blocking=True) for b in batch[1:3])
         out = model(frames, tokens)
         return criterion(out["image_embed"], out["text_embed"], relevancy)
 

@@ -38,8 +38,9 @@ def add_common_args(parser: argparse.ArgumentParser, *, clip_length: int, epochs
     data.add_argument("--clip-stride", type=int, default=4, help="accepted for compatibility; unused upstream")
     data.add_argument("--input-size", type=int, default=224, help="crop size (224; 336 for *_336PX)")
     data.add_argument("--norm-style", default="openai", choices=["openai", "timm"])
-    _bool_pair(data, "fused-decode-crop", False, "fuse the resize into decoding (faster; deterministic like the "
-              "plain path, but its pixels differ slightly from it, so do not switch it when resuming a run)")
+    _bool_pair(data, "fused-decode-crop", False, "scale whole frames in the decoder instead of resizing the crop "
+              "(slower with stock decord, see docs/DATA.md; deterministic like the default path, but its pixels "
+              "differ slightly from it, so do not switch it when resuming a run)")
     data.add_argument("--decode-threads", type=int, default=1)
     data.add_argument("--video-backend", default="auto", choices=["auto", "decord", "pyav"],
                       help="decoder; falls back to the other when one is missing")

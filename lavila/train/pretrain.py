@@ -19,7 +19,9 @@ from lavila.train.engine_utils import (
     init_pretrained,
     mir_relevancy,
     overrides_for,
+    train_video_kwargs,
     video_dataset_kwargs,
+    video_to_device,
 )
 from lavila.train.loop import Engine, TrainingError
 from lavila.train.losses import ClipLoss
@@ -66,7 +68,8 @@ class PretrainEngine(Engine):
             if not args.root or not args.train_metadata:
                 raise TrainingError("pretraining needs --root (Ego4D video chunks) and --train-metadata (.pkl)")
             train = Ego4DPretrainDataset(args.root, args.train_metadata, args.train_metadata_aux, is_training=True,
-                                         context_length=args.context_length, on_error=args.skip_policy, **common)
+                                         context_length=args.context_length, on_error=args.skip_policy,
+                                         **train_video_kwargs(args))
         val = None
         if args.val_metadata and args.root_val:
             if args.dataset_val == "ek100_mir":
@@ -101,7 +104,7 @@ class PretrainEngine(Engine):
 
     def train_step(self, model: nn.Module, batch: Any, criterion: nn.Module, args: argparse.Namespace,
                    device: torch.device) -> dict[str, torch.Tensor]:
-        frames, tokens = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        frames, tokens = video_to_device(batch[0], device, args), batch[1].to(device, non_blocking=True)
         out = model(frames, tokens)
         return criterion(out["image_embed"], out["text_embed"], out["logit_scale"])
 

@@ -68,7 +68,9 @@ class PerSampleSeededDataset(Dataset):
         sample_seed = (self.seed * 1_000_003 + self.epoch * 100_003 + int(index)) % (2**63 - 1)
         np_state, py_state = np.random.get_state(), random.getstate()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
+            # CPU generator only: torch.manual_seed would also queue a CUDA re-seed (with a formatted stack, ~1 ms
+            # per sample in a worker) that fork_rng(devices=[]) does not undo.
+            torch.default_generator.manual_seed(sample_seed)
             np.random.seed(sample_seed % 2**32)
             random.seed(sample_seed)
             try:
