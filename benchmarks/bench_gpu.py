@@ -1,6 +1,6 @@
 """GPU benchmark (issue 9, target 5): full-size train steps in bf16 and the selective scan on CUDA.
 
-Needs a CUDA device; without one it prints why and exits 0 (it is not part of ``run_all.py``, which runs on CPU).
+Needs a CUDA device; without one it prints why and exits 0, and ``run_all.py`` shows one row saying so.
 
 * Train step of the full CLIP model (TimeSformer-B or TimeMamba-B video tower + CLIP text tower), 4 frames 224 px,
   batch 32, bf16 autocast, ClipLoss, backward, AdamW (the engines' parameter groups): clips/s and peak GPU memory,
@@ -130,7 +130,7 @@ class _Rows(list):
               f"{row.get('notes', '')}", flush=True)
 
 
-def run(device: torch.device, tiny: bool, steps: int, warmup: int, frames: int, batch: int) -> list[dict]:
+def measure(device: torch.device, tiny: bool, steps: int, warmup: int, frames: int, batch: int) -> list[dict]:
     rows: list[dict] = _Rows()
     backends = ["torch"] + (["cuda"] if device.type == "cuda" and cuda_scan_available() else [])
     cfg = f"{frames}f {'tiny' if tiny else '224px'} batch {batch} {'bf16' if device.type == 'cuda' else 'fp32'}"
@@ -175,6 +175,15 @@ def run(device: torch.device, tiny: bool, steps: int, warmup: int, frames: int, 
     return rows
 
 
+def run(quick: bool = False) -> list[dict]:
+    """Rows for benchmarks/run_all.py: the full-size rows on CUDA, or one row saying why nothing was measured."""
+    if not torch.cuda.is_available():
+        return [{"name": "GPU train steps and scan (target 5)", "baseline": float("nan"), "ours": float("nan"),
+                 "ratio": float("nan"), "target": "info", "passed": None, "unit": "clips/s",
+                 "notes": "skipped: no CUDA device on this machine (run benchmarks/bench_gpu.py on a GPU)"}]
+    return measure(torch.device("cuda"), False, 3 if quick else 10, 1 if quick else 3, 4, 32)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda")
@@ -195,7 +204,7 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = True
         print(f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
               f"mamba_ssm kernels: {cuda_scan_available()}", flush=True)
-    rows = run(device, args.tiny, args.steps, args.warmup, args.frames, args.batch)
+    rows = measure(device, args.tiny, args.steps, args.warmup, args.frames, args.batch)
     print(format_table(rows, markdown=args.markdown))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
