@@ -144,7 +144,10 @@ class VideoTransform:
         top, left, h, w = self.crop_box(height, width, generator)
         crop = video[:, top:top + h, left:left + w].permute(0, 3, 1, 2)  # (T, 3, h, w) view, channels-last memory
         if (h, w) != (self.crop_size, self.crop_size):
-            crop = F.interpolate(crop, size=(self.crop_size, self.crop_size), mode="bilinear", align_corners=False,
+            # A dense channels-last copy of the crop first: the uint8 kernel reads it ~20 % faster than the strided
+            # view, more than the copy costs (training crops of 568x320 frames, 8 per clip: 4.1 -> 3.5 ms)
+            crop = F.interpolate(crop.contiguous(memory_format=torch.channels_last),
+                                 size=(self.crop_size, self.crop_size), mode="bilinear", align_corners=False,
                                  antialias=True)
         return self._finish(crop)
 
