@@ -41,7 +41,7 @@ timeout 240 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_models_forwar
   tests/test_engines_gpu.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -15
 
 stage "bench_gpu.py (pure-PyTorch scan)"
-timeout 240 $PY benchmarks/bench_gpu.py --markdown --json "$OUT/bench_gpu_torch.json" 2>&1 | tee "$OUT/bench_gpu_torch.md"
+timeout 240 $PY benchmarks/bench_gpu.py --steps 5 --warmup 2 --markdown --json "$OUT/bench_gpu_torch.json" 2>&1 | tee "$OUT/bench_gpu_torch.md"
 
 if [ -n "$BUILD_PID" ]; then
   stage "waiting for the kernel build (until ${BUILD_DEADLINE_S} s)"
@@ -55,7 +55,7 @@ if [ -n "$BUILD_PID" ]; then
     stage "gpu scan test and bench_gpu.py with the CUDA kernels"
     timeout 90 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_ssm.py tests/test_models_forward.py 2>&1 \
       | tee "$OUT/pytest_gpu_kernels.log" | tail -6
-    timeout 200 $PY benchmarks/bench_gpu.py --markdown --json "$OUT/bench_gpu_cuda.json" 2>&1 \
+    timeout 200 $PY benchmarks/bench_gpu.py --steps 5 --warmup 2 --markdown --json "$OUT/bench_gpu_cuda.json" 2>&1 \
       | tee "$OUT/bench_gpu_cuda.md"
   else
     echo "kernel build failed:"; grep -m5 -i "error" "$OUT/build.log"; tail -5 "$OUT/build.log"
