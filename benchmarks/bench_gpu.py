@@ -78,7 +78,7 @@ def train_step(name: str, device: torch.device, frames: int, batch: int, ckpt: b
     model.set_grad_checkpointing(ckpt)
     opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-5, fused=device.type == "cuda")
     loss_fn = ClipLoss()
-    size = model.visual.img_size if hasattr(model.visual, "img_size") else (TINY["img_size"] if tiny else 224)
+    size = TINY["img_size"] if tiny else 224
     g = torch.Generator(device=device).manual_seed(0)
     video = torch.randn(batch, 3, frames, size, size, device=device, generator=g)
     tokens = torch.randint(0, 49408, (batch, 77), device=device, generator=g)
