@@ -229,6 +229,8 @@ def stages(quick: bool, num_frames: int = 8, crop: int = 224, repeats: int = 3, 
 
     timed(decord.VideoReader, "__init__", "open")  # both sides
     timed(decord.VideoReader, "get_batch", "decode")
+    timed(video_mod._PyAVReader, "__init__", "open")  # ours (auto: PyAV where it can seek)
+    timed(video_mod._PyAVReader, "get", "decode")
     timed(transforms.VideoTransform, "__call__", "crop+resize+normalise")
     timed(transforms.VideoTransform, "apply_plan", "crop+resize+normalise")
     timed(ego4d, "tokenize", "tokenise")

@@ -18,10 +18,19 @@ import os
 import torch
 from torch.utils.data import Dataset
 
+from lavila.data.layout_kernel import load_kernel as load_layout_kernel
 from lavila.data.loader import SkipTracker, tune_worker_allocator
 from lavila.data.tokenizer import get_tokenizer
 from lavila.data.transforms import VideoTransform
-from lavila.data.video import BACKENDS, VideoDecodeError, load_clip, load_frames, probe_frame_size, video_path_key
+from lavila.data.video import (
+    BACKENDS,
+    VideoDecodeError,
+    load_clip,
+    load_frames,
+    preload_backends,
+    probe_frame_size,
+    video_path_key,
+)
 
 __all__ = ["ClipDataset"]
 
@@ -51,7 +60,10 @@ class ClipDataset(Dataset):
         self.skip_tracker = SkipTracker()
         self.fused_resize = fused_resize
         self._frame_sizes: dict[str, tuple[int, int]] = {}
-        get_tokenizer()  # build once here so forked DataLoader workers inherit it
+        # Build / import once here so that forked DataLoader workers inherit them
+        get_tokenizer()
+        preload_backends(backend)
+        load_layout_kernel()
 
     def _decode(self, key: str, load, probe) -> torch.Tensor:
         tune_worker_allocator()  # once per DataLoader worker: reuse heap memory for the per-clip buffers

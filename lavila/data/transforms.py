@@ -16,7 +16,9 @@ resized, in one batched ``interpolate`` call over the T frames (bilinear, antial
 channels-last kernel). The reference's unfused transform resized the float clip without antialiasing and its fused
 decoder used ffmpeg's (antialiased) scaler; antialiasing is kept so that the up-to-2x downscales do not alias. The
 float conversion happens once, on the small crop, followed by the normalisation ``x * (1 / std) + (-mean / std)``
-(``NormalizeVideo``'s arithmetic, so the float output equals the uint8 output normalised by it, on CPU).
+(``NormalizeVideo``'s arithmetic, so the float output equals the uint8 output normalised by it, on CPU). The layout
+change to planar (3, T, S, S), and the float conversion with the normalisation, are one pass of a compiled kernel
+(``lavila.data.layout_kernel``; NumPy / PyTorch when no C compiler is present: the same values).
 
 Output: ``float32`` normalised (3, T, S, S) by default. ``output="uint8"`` returns the cropped uint8 clip and leaves
 normalisation to ``NormalizeVideo`` on the device (4x less data through the DataLoader queues; on a CPU-only run
@@ -37,6 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from lavila.data.layout_kernel import normalize_planes, planar_clip
 
 __all__ = ["NORMALIZATION", "get_normalization", "random_resized_crop_params", "CropPlan", "VideoTransform",
            "NormalizeVideo"]
@@ -107,14 +111,19 @@ class NormalizeVideo(nn.Module):
                              persistent=False)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        if not video.is_floating_point():  # the float copy is new memory: normalise it in place
+        if not video.is_floating_point():
+            fused = normalize_planes(video, self.scale, self.shift)  # one pass on CPU (None: not applicable)
+            if fused is not None:
+                return fused
+            # the float copy is new memory: normalise it in place
             return video.float().mul_(self.scale).add_(self.shift)
         return video * self.scale + self.shift
 
 
 def _to_cthw(crop: torch.Tensor, dtype: type = np.uint8) -> torch.Tensor:
     """Contiguous (3, T, H, W) copy, as ``dtype``, of a uint8 (T, 3, H, W) view whose memory is (T, H, W, 3).
-    numpy's strided copy is 2-4x faster than torch's here, and converts to float32 in the same pass."""
+    The path without the compiled kernel: numpy's strided copy is 2-4x faster than torch's here, and converts to
+    float32 in the same pass."""
     view = crop.numpy().transpose(1, 0, 2, 3)
     out = np.empty(view.shape, dtype)
     out[...] = view
@@ -154,7 +163,11 @@ class VideoTransform:
     def _finish(self, crop: torch.Tensor) -> torch.Tensor:
         """(T, 3, S, S) uint8 in channels-last memory -> (3, T, S, S) uint8, or float32 normalised."""
         if self.output == "uint8":
-            return _to_cthw(crop)
+            fused = planar_clip(crop)
+            return _to_cthw(crop) if fused is None else fused
+        fused = planar_clip(crop, self.normalize.scale, self.normalize.shift)
+        if fused is not None:
+            return fused
         # NormalizeVideo's arithmetic on the float copy, in place
         return _to_cthw(crop, np.float32).mul_(self.normalize.scale).add_(self.normalize.shift)
 

@@ -1,15 +1,19 @@
 """Video decoding (decord, PyAV), frame-index sampling and the chunked 15-s file layout.
 
-Backends: ``decord`` is the default (it seeks to the key frame before each requested frame and decodes only
-from there); ``pyav`` decodes sequentially from the start of the file up to the last requested frame. ``auto`` uses
-decord and falls back to PyAV when decord is not installed or fails on a file. Measured on this project's CPU
-machine (2 shared cores; 8 frames of a 2-s clip from 15-s 568x320 30-fps H.264 chunks, one thread, median of 12):
-decord 110-145 ms, PyAV 155-235 ms (1.1-2x slower, and much slower when a few frames of a long whole video are
-needed, since PyAV decodes from the start); both return the same RGB frames. decord's frames are returned as a
-zero-copy numpy view of its output buffer (DLPack), not copied. Frames can be decoded pre-scaled (``size=``): the
-scaling happens in the decoder's colour conversion (swscale), which then costs more than the plain conversion (8
-568x320 frames scaled so that a random crop comes out at 224 px: +6-7 ms per clip with decord). decord fails on a
-few tiny output widths (e.g. 48 px); ``auto`` then retries with PyAV.
+Backends: ``auto`` (the default) uses PyAV when the file's timestamps lie on a regular grid (constant frame rate,
+checked in the header and on every decoded frame), decord otherwise, and a backend that fails on a file hands it
+to the other one. On the grid PyAV seeks to the key frame before the first wanted frame and decodes forward once
+per clip, with no index scan when opening; decord scans the whole file's index when it opens it (~5 ms for a 15-s
+chunk) and then seeks per frame. Measured on this project's CPU machine (8 frames of a 2-s training clip from 15-s
+568x320 30-fps H.264 chunks, one thread, CPU ms per clip, ``benchmarks/bench_data.py --stages``): decord opens in
+5.5 ms and decodes in 28 ms, seeking PyAV in 2.7 ms and 26 ms; both give the same RGB frames (tests compare them
+bit for bit, B-frames included). Off the grid (variable frame rate) PyAV alone decodes from the start of the file,
+counting frames, which is slow for late frames. decord's frames are returned as a zero-copy numpy view of its
+output buffer (DLPack), not copied. Frames can be decoded pre-scaled (``size=``): the scaling happens in the
+decoder's colour conversion (swscale), which then costs more than the plain conversion (8 568x320 frames scaled so
+that a random crop comes out at 224 px: +6-7 ms per clip with decord); with ``size`` ``auto`` tries decord first,
+as before (the two libraries' scalers differ). decord fails on a few tiny output widths (e.g. 48 px); ``auto`` then
+retries with PyAV.
 
 Layouts (detected from what is on disk):
 
@@ -40,7 +44,7 @@ import numpy as np
 import torch
 
 __all__ = ["VideoDecodeError", "get_frame_ids", "open_video", "load_clip", "load_frames", "find_chunk_layout",
-           "decord_available", "video_path_key", "probe_frame_size", "DEFAULT_FPS"]
+           "decord_available", "video_path_key", "probe_frame_size", "preload_backends", "DEFAULT_FPS"]
 
 log = logging.getLogger(__name__)
 DEFAULT_FPS = 30.0
@@ -74,6 +78,15 @@ def get_frame_ids(start: int, end: int, num_segments: int, jitter: bool = False,
     return [int(i) for i in ids]
 
 
+def preload_backends(backend: str) -> None:
+    """Import the decoding libraries ``backend`` may use (in the main process, so that forked DataLoader workers
+    inherit them instead of each importing them while it decodes its first clip)."""
+    if backend in ("auto", "pyav"):
+        import av  # noqa: F401
+    if backend in ("auto", "decord"):
+        decord_available()
+
+
 @lru_cache(maxsize=1)
 def decord_available() -> bool:
     try:
@@ -103,7 +116,15 @@ class _DecordReader:
         return torch.from_dlpack(batch.to_dlpack()).numpy()
 
 
+class _OffGrid(Exception):
+    """PyAV's timestamps do not map to frame indices on a regular grid here: count frames from the start."""
+
+
 class _PyAVReader:
+    """PyAV reader. On a constant-frame-rate stream whose timestamps lie on a regular grid (frame ``i`` at
+    ``start + i * step``, checked on every decoded frame) it seeks to the key frame before the first wanted frame
+    and decodes forward from there; otherwise it decodes from the start of the file, counting frames."""
+
     def __init__(self, path: str, threads: int, size: tuple[int, int] | None = None) -> None:
         import av
 
@@ -123,16 +144,97 @@ class _PyAVReader:
         self.num_frames = int(frames or 0)
         self._threads = threads
         self._used = False
+        self._grid = self._timestamp_grid(stream, stream.frames)
+        self.decoded_frames = 0  # frames decoded so far (seeking decodes fewer)
 
-    def get(self, ids: list[int]) -> np.ndarray:
-        wanted = {max(i, 0) for i in ids}
-        last = max(wanted)
+    @staticmethod
+    def _timestamp_grid(stream, frames: int) -> tuple[int, int] | None:
+        """(start, step) in time-base units when the header describes a regular grid: an integer number of ticks
+        per frame, the nominal rate equal to the average, and a duration of exactly ``frames`` steps."""
+        rate, time_base = stream.average_rate, stream.time_base
+        if not (rate and time_base and frames and stream.base_rate == rate):
+            return None
+        step = 1 / (rate * time_base)
+        if step.denominator != 1 or (stream.duration is not None and stream.duration != frames * step):
+            return None
+        return int(stream.start_time or 0), int(step)
+
+    def close(self) -> None:
+        self._container.close()
+
+    @property
+    def seekable(self) -> bool:
+        """Whether frames are found by seeking (fast) rather than by decoding from the start."""
+        return self._grid is not None
+
+    def _stream(self):
         stream = self._container.streams.video[0]
-        if self._used:
-            self._container.seek(0)
-        else:
+        if not self._used:  # the thread count can only be set before the first decode
             stream.thread_count = self._threads
         self._used = True
+        return stream
+
+    def get(self, ids: list[int]) -> np.ndarray:
+        if self._grid is not None:
+            try:
+                return self._get_seeking(ids)
+            except _OffGrid as exc:
+                log.debug("%s: %s; decoding from the start instead", self.path, exc)
+                self._grid = None
+        return self._get_sequential(ids)
+
+    def _get_seeking(self, ids: list[int]) -> np.ndarray:
+        """Seek to the key frame before the first wanted frame and decode forward; seek again when the next wanted
+        frame is at least one key-frame interval ahead (sparse frames of a long video), as decord's index does."""
+        start, step = self._grid
+        wanted: dict[int, list[int]] = {}
+        for k, i in enumerate(ids):
+            wanted.setdefault(min(max(i, 0), self.num_frames - 1), []).append(k)
+        pending = sorted(wanted)
+        out: list[np.ndarray | None] = [None] * len(ids)
+        stream = self._stream()
+        # gop: the longest distance between two key frames seen so far (0: not known yet); left: the frame a
+        # decode run stopped at to seek ahead (a run that lands behind it decodes on to its target instead, since
+        # the estimate was short; so every run makes progress)
+        pos, gop, left = 0, 0, -1
+        while True:
+            target = pending[pos]
+            self._container.seek(start + target * step, stream=stream, backward=True, any_frame=False)
+            previous = last_key = None
+            may_seek = True
+            for frame in self._container.decode(stream):
+                self.decoded_frames += 1
+                index, off = divmod(frame.pts - start, step) if frame.pts is not None else (None, 1)
+                if off or (previous is None and index > target) or (previous is not None and index != previous + 1):
+                    raise _OffGrid(f"frame timestamp {frame.pts} is off the grid {start} + i * {step}")
+                if previous is None and index <= left:
+                    may_seek = False
+                previous = index
+                if frame.key_frame:
+                    if last_key is not None:
+                        gop = max(gop, index - last_key)
+                    last_key = index
+                if index == pending[pos]:
+                    array = frame.to_ndarray(**self._convert)
+                    for k in wanted[index]:
+                        out[k] = array
+                    pos += 1
+                    if pos == len(pending):
+                        return np.stack(out)
+                    may_seek = True
+                if may_seek and gop and pending[pos] - index >= gop:
+                    left = index  # a key frame lies ahead, at or before the next wanted frame: seek to it
+                    break
+            else:
+                raise _OffGrid(f"the stream ended at frame {previous}, before frame {pending[pos]} of "
+                               f"{self.num_frames}")
+
+    def _get_sequential(self, ids: list[int]) -> np.ndarray:
+        wanted = {max(i, 0) for i in ids}
+        last = max(wanted)
+        if self._used:
+            self._container.seek(0)
+        stream = self._stream()
         decoded: dict[int, np.ndarray] = {}
         previous = None
         count = 0
@@ -141,6 +243,7 @@ class _PyAVReader:
                 decoded[count] = frame.to_ndarray(**self._convert)
             previous = frame
             count += 1
+            self.decoded_frames += 1
             if count > last:
                 break
         if previous is None:
@@ -185,7 +288,12 @@ def _fetch(reader: _DecordReader | _PyAVReader, ids: list[int], backend: str,
 
 
 class _FileSession:
-    """Opens each file at most once per sample, with decord-then-PyAV fallback under ``auto``."""
+    """Opens each file at most once per sample, with fallback between backends under ``auto``.
+
+    ``auto`` prefers PyAV when its reader can seek on the file's timestamp grid (1.5x faster than decord per
+    training clip: no index scan when opening, one forward decode per clip), decord otherwise; a backend that fails
+    on a file hands it to the other one. With ``size`` (frames scaled by the decoder) decord comes first, as
+    before: the two libraries' scalers do not give identical pixels."""
 
     def __init__(self, backend: str, threads: int, size: tuple[int, int] | None = None) -> None:
         if backend not in BACKENDS:
@@ -197,25 +305,38 @@ class _FileSession:
         self.threads = threads
         self.size = size
         self._readers: dict[str, tuple[str, _DecordReader | _PyAVReader]] = {}
+        self._failed: dict[str, list[str]] = {}  # per path: the backends that failed on it
 
     def _order(self) -> list[str]:
-        if self.backend == "auto":
-            return ["decord", "pyav"] if decord_available() else ["pyav"]
-        return [self.backend]
+        if self.backend != "auto":
+            return [self.backend]
+        if not decord_available():
+            return ["pyav"]
+        return ["pyav", "decord"] if self.size is None else ["decord", "pyav"]
+
+    def _open_first(self, path: str, names: list[str]) -> tuple[str, _DecordReader | _PyAVReader]:
+        errors = []
+        for n, name in enumerate(names):
+            try:
+                reader = open_video(path, name, self.threads, self.size)
+            except VideoDecodeError as exc:
+                if exc.reason in ("file not found", "file is empty (0 bytes)"):
+                    raise
+                errors.append(exc.reason)
+                continue
+            if self.backend == "auto" and name == "pyav" and not reader.seekable and n + 1 < len(names):
+                # PyAV would decode from the start of the file: decord's index seeks faster
+                reader.close()
+                try:
+                    return self._open_first(path, names[n + 1:])
+                except VideoDecodeError:
+                    reader = open_video(path, name, self.threads, self.size)
+            return name, reader
+        raise VideoDecodeError(path, "; ".join(errors))
 
     def open(self, path: str) -> _DecordReader | _PyAVReader:
         if path not in self._readers:
-            errors = []
-            for name in self._order():
-                try:
-                    self._readers[path] = (name, open_video(path, name, self.threads, self.size))
-                    break
-                except VideoDecodeError as exc:
-                    if exc.reason in ("file not found", "file is empty (0 bytes)"):
-                        raise
-                    errors.append(exc.reason)
-            else:
-                raise VideoDecodeError(path, "; ".join(errors))
+            self._readers[path] = self._open_first(path, self._order())
         return self._readers[path][1]
 
     def fetch(self, path: str, ids: list[int]) -> np.ndarray:
@@ -224,7 +345,9 @@ class _FileSession:
         try:
             return _fetch(reader, ids, name, self.size)
         except VideoDecodeError as exc:
-            later = self._order()[self._order().index(name) + 1:]
+            failed = self._failed.setdefault(path, [])
+            failed.append(name)
+            later = [n for n in self._order() if n not in failed]
             if not later:
                 raise
             log.debug("%s; retrying with %s", exc, later[0])

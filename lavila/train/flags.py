@@ -43,7 +43,8 @@ def add_common_args(parser: argparse.ArgumentParser, *, clip_length: int, epochs
               "differ slightly from it, so do not switch it when resuming a run)")
     data.add_argument("--decode-threads", type=int, default=1)
     data.add_argument("--video-backend", default="auto", choices=["auto", "decord", "pyav"],
-                      help="decoder; falls back to the other when one is missing")
+                      help="decoder; auto: PyAV on constant-frame-rate files (it seeks there), else decord, "
+                      "each falling back to the other on a file it cannot read")
     data.add_argument("-j", "--workers", type=int, default=8, help="DataLoader worker processes per rank")
     data.add_argument("--skip-policy", default="skip", choices=["skip", "raise"],
                       help="unreadable training sample: skip and count it, or stop with its path")
