@@ -89,6 +89,30 @@ def test_key_frame_intervals_longer_than_first_seen_still_find_every_frame(tmp_p
         assert reader.seekable
 
 
+class _LandsLate:
+    """A container whose first ``times`` seeks land ``frames`` frames later than asked (as some demuxers do)."""
+
+    def __init__(self, container, step: int, frames: int, times: int) -> None:
+        self._container, self._shift, self.left = container, frames * step, times
+
+    def seek(self, offset: int, **kwargs) -> None:
+        if self.left > 0:
+            self.left -= 1
+            offset += self._shift
+        self._container.seek(offset, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._container, name)
+
+
+def test_a_seek_that_lands_past_its_target_is_retried_further_back(regular):
+    reader = _PyAVReader(str(regular), 1)
+    reader._container = _LandsLate(reader._container, reader._grid[1], frames=14, times=3)
+    ids = [30, 31, 47]
+    assert np.array_equal(reader.get(ids), sequential(regular, ids))
+    assert reader.seekable and reader._container.left == 0  # retried by seeking, not by counting from frame 0
+
+
 @pytest.mark.skipif(not decord_available(), reason="decord not installed (x86-64 only)")
 def test_seeking_gives_decords_frames(regular):
     decord_reader, reader = open_video(regular, "decord"), _PyAVReader(str(regular), 1)

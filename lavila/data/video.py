@@ -195,18 +195,25 @@ class _PyAVReader:
         stream = self._stream()
         # gop: the longest distance between two key frames seen so far (0: not known yet); left: the frame a
         # decode run stopped at to seek ahead (a run that lands behind it decodes on to its target instead, since
-        # the estimate was short; so every run makes progress)
-        pos, gop, left = 0, 0, -1
+        # the estimate was short; so every run makes progress); back: how many frames before its target a run
+        # seeks (0, unless the demuxer landed past a target: then one interval, doubling while that recurs)
+        pos, gop, left, back = 0, 0, -1, 0
         while True:
             target = pending[pos]
-            self._container.seek(start + target * step, stream=stream, backward=True, any_frame=False)
+            self._container.seek(start + max(target - back, 0) * step, stream=stream, backward=True,
+                                 any_frame=False)
             previous = last_key = None
             may_seek = True
             for frame in self._container.decode(stream):
                 self.decoded_frames += 1
                 index, off = divmod(frame.pts - start, step) if frame.pts is not None else (None, 1)
-                if off or (previous is None and index > target) or (previous is not None and index != previous + 1):
+                if off or (previous is not None and index != previous + 1):
                     raise _OffGrid(f"frame timestamp {frame.pts} is off the grid {start} + i * {step}")
+                if previous is None and index > target:  # landed past the target: seek further back
+                    if target - back <= 0:
+                        raise _OffGrid(f"seeking to the start of the file landed at frame {index}")
+                    back = max(2 * back, gop, 1)
+                    break
                 if previous is None and index <= left:
                     may_seek = False
                 previous = index
