@@ -144,14 +144,14 @@ class _PyAVReader:
         self.num_frames = int(frames or 0)
         self._threads = threads
         self._used = False
-        self._grid = self._timestamp_grid(stream, stream.frames)
+        self._grid = self._timestamp_grid(stream)
         self.decoded_frames = 0  # frames decoded so far (seeking decodes fewer)
 
     @staticmethod
-    def _timestamp_grid(stream, frames: int) -> tuple[int, int] | None:
+    def _timestamp_grid(stream) -> tuple[int, int] | None:
         """(start, step) in time-base units when the header describes a regular grid: an integer number of ticks
-        per frame, the nominal rate equal to the average, and a duration of exactly ``frames`` steps."""
-        rate, time_base = stream.average_rate, stream.time_base
+        per frame, the nominal rate equal to the average, and a duration of exactly as many steps as frames."""
+        rate, time_base, frames = stream.average_rate, stream.time_base, stream.frames
         if not (rate and time_base and frames and stream.base_rate == rate):
             return None
         step = 1 / (rate * time_base)
