@@ -13,16 +13,18 @@ from lavila.data.video import _FileSession, _PyAVReader, decord_available, open_
 ID_SETS = [[0], [0, 0, 1], [5, 11, 12, 13], [7, 30, 31, 47], [59], [40, 58, 59, 59], [3, 200], [12, 24, 36, 48]]
 
 
-def encode(path: Path, n: int = 60, pts_ms: list[int] | None = None, gop: int = 12, keys: tuple[int, ...] = ()
-           ) -> Path:
+def encode(path: Path, n: int = 60, pts_ms: list[int] | None = None, gop: int = 12, keys: tuple[int, ...] = (),
+           rate: Fraction | int = 30, audio: bool = False) -> Path:
     """n frames of distinct grey levels; ``gop``-frame GOPs with 3 B-frames (decode order != presentation order),
-    plus key frames forced at ``keys``; ``pts_ms`` gives irregular timestamps (a variable-frame-rate file)."""
+    plus key frames forced at ``keys``; ``pts_ms`` gives irregular timestamps (a variable-frame-rate file);
+    ``audio`` adds an AAC track (as in Ego4D's chunks)."""
     import av
 
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=30)
+        stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         stream.options = {"preset": "veryfast", "g": str(gop), "bf": "3", "threads": "1", "sc_threshold": "0"}
+        sound = container.add_stream("aac", rate=48000) if audio else None
         if pts_ms is not None:
             stream.codec_context.time_base = Fraction(1, 1000)
         for i in range(n):
@@ -33,8 +35,16 @@ def encode(path: Path, n: int = 60, pts_ms: list[int] | None = None, gop: int = 
                 frame.pict_type = av.video.frame.PictureType.I
             for packet in stream.encode(frame):
                 container.mux(packet)
+            if sound is not None and i % 2 == 0:
+                chunk = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+                chunk.sample_rate, chunk.pts = 48000, i // 2 * 1024
+                for packet in sound.encode(chunk):
+                    container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+        if sound is not None:
+            for packet in sound.encode():
+                container.mux(packet)
     return path
 
 
@@ -118,6 +128,41 @@ def test_seeking_gives_decords_frames(regular):
     decord_reader, reader = open_video(regular, "decord"), _PyAVReader(str(regular), 1)
     for ids in ID_SETS:
         assert np.array_equal(reader.get(ids), decord_reader.get(ids)), ids
+
+
+@pytest.mark.parametrize("rate,audio", [(Fraction(30000, 1001), False), (Fraction(60000, 1001), False), (25, False),
+                                        (30, True)])
+def test_common_constant_rates_and_an_audio_track_are_seeked(tmp_path, rate, audio):
+    # 29.97-fps files and files with audio end a few ticks short of frames x step: still a grid
+    path = encode(tmp_path / "v.mp4", n=100, rate=rate, audio=audio)
+    reader = _PyAVReader(str(path), 1)
+    assert reader.seekable
+    for ids in ([0, 13, 14, 60], [33, 98, 99], [5, 50, 95]):
+        assert np.array_equal(reader.get(ids), sequential(path, ids)), ids
+    assert reader.seekable
+
+
+def test_a_missing_frame_is_not_taken_for_a_grid(tmp_path):
+    import av
+
+    path = tmp_path / "gap.mp4"  # frames at 0..49 and 51..100 (in 1/30 s): frame 50 is missing
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"preset": "veryfast", "g": "12", "threads": "1"}
+        stream.codec_context.time_base = Fraction(1, 30)
+        for k, slot in enumerate(j for j in range(101) if j != 50):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), (k * 7) % 256, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = slot, Fraction(1, 30)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    reader = _PyAVReader(str(path), 1)
+    assert not reader.seekable  # frame 60 is the 60th frame (decord's index), not the frame at 60/30 s
+    reader._grid = (0, 512)  # even when a header claims a grid, the continuity check on decoded frames falls back
+    assert np.array_equal(reader.get([60]), sequential(path, [60]))
+    assert not reader.seekable
 
 
 def test_irregular_timestamps_are_decoded_from_the_start(irregular):

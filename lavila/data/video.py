@@ -150,12 +150,14 @@ class _PyAVReader:
     @staticmethod
     def _timestamp_grid(stream) -> tuple[int, int] | None:
         """(start, step) in time-base units when the header describes a regular grid: an integer number of ticks
-        per frame, the nominal rate equal to the average, and a duration of exactly as many steps as frames."""
+        per frame, the nominal rate equal to the average, and a duration of as many steps as frames, to within half
+        a step (muxers often shorten the last frame by a few ticks; a missing frame would add a whole step, and
+        would shift decord's frame indices against the timestamps)."""
         rate, time_base, frames = stream.average_rate, stream.time_base, stream.frames
         if not (rate and time_base and frames and stream.base_rate == rate):
             return None
         step = 1 / (rate * time_base)
-        if step.denominator != 1 or (stream.duration is not None and stream.duration != frames * step):
+        if step.denominator != 1 or stream.duration is None or 2 * abs(stream.duration - frames * step) > step:
             return None
         return int(stream.start_time or 0), int(step)
 
