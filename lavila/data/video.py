@@ -116,6 +116,20 @@ class _DecordReader:
         return torch.from_dlpack(batch.to_dlpack()).numpy()
 
 
+@lru_cache(maxsize=1)
+def _conversion_takes_threads() -> bool:
+    """Whether this PyAV's frame conversion takes a thread count. Its default (0: automatic) starts one swscale
+    thread per host CPU for each conversion (about 120 per DataLoader worker on this project's VM, whose cgroup has
+    2 cores), which made a conversion 1.4-8x slower than with one thread."""
+    import av
+
+    try:
+        av.VideoFrame(16, 16, "yuv420p").to_ndarray(format="rgb24", threads=1)
+    except TypeError:  # older PyAV: no such argument (and no automatic threading)
+        return False
+    return True
+
+
 class _OffGrid(Exception):
     """PyAV's timestamps do not map to frame indices on a regular grid here: count frames from the start."""
 
@@ -131,6 +145,8 @@ class _PyAVReader:
         self.path = path
         self._convert = {"format": "rgb24"} if size is None else {"format": "rgb24", "height": size[0],
                                                                    "width": size[1]}
+        if _conversion_takes_threads():
+            self._convert["threads"] = max(int(threads), 1)
         self._container = av.open(path)
         if not self._container.streams.video:
             self._container.close()
