@@ -6,14 +6,15 @@ to the other one. On the grid PyAV seeks to the key frame before the first wante
 per clip, with no index scan when opening; decord scans the whole file's index when it opens it (~5 ms for a 15-s
 chunk) and then seeks per frame. Measured on this project's CPU machine (8 frames of a 2-s training clip from 15-s
 568x320 30-fps H.264 chunks, one thread, CPU ms per clip, ``benchmarks/bench_data.py --stages``): decord opens in
-5.5 ms and decodes in 28 ms, seeking PyAV in 2.7 ms and 26 ms; both give the same RGB frames (tests compare them
-bit for bit, B-frames included). Off the grid (variable frame rate) PyAV alone decodes from the start of the file,
-counting frames, which is slow for late frames. decord's frames are returned as a zero-copy numpy view of its
-output buffer (DLPack), not copied. Frames can be decoded pre-scaled (``size=``): the scaling happens in the
-decoder's colour conversion (swscale), which then costs more than the plain conversion (8 568x320 frames scaled so
-that a random crop comes out at 224 px: +6-7 ms per clip with decord); with ``size`` ``auto`` tries decord first,
-as before (the two libraries' scalers differ). decord fails on a few tiny output widths (e.g. 48 px); ``auto`` then
-retries with PyAV.
+4.5 ms and decodes in 23 ms, seeking PyAV in 1.9 ms and 14 ms; both give the same RGB frames (tests compare them
+bit for bit, B-frames included). PyAV converts frames to RGB with the decode thread count (its automatic default
+starts one swscale thread per host CPU in every DataLoader worker). Off the grid (variable frame rate) PyAV alone
+decodes from the start of the file, counting frames, which is slow for late frames. decord's frames are returned as
+a zero-copy numpy view of its output buffer (DLPack), not copied. Frames can be decoded pre-scaled (``size=``): the
+scaling happens in the decoder's colour conversion (swscale), which then costs more than the plain conversion (8
+568x320 frames scaled so that a random crop comes out at 224 px: +6-7 ms per clip with decord); with ``size``
+``auto`` tries decord first, as before (the two libraries' scalers differ). decord fails on a few tiny output
+widths (e.g. 48 px); ``auto`` then retries with PyAV.
 
 Layouts (detected from what is on disk):
 
