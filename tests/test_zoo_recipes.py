@@ -62,6 +62,7 @@ def recipe_values(row: str, repo_root: Path, engine_name: str) -> tuple[dict, di
         "drop_path_rate": cfg["drop_path_rate"],
         "effective_drop_path": effective_drop_path_rate(cfg["model"], cfg["drop_path_rate"], cfg["drop_path_scope"]),
         "init": init, "mir_loss": cfg["mir_loss_weighting"] if mir else None, "wd_rule": cfg["wd_rule"],
+        "epoch_shuffle": "each-epoch" if cls else cfg["epoch_shuffle"],  # the CLS engine always reshuffles
     }
     if engine_name == "pretrain":
         got["project_embed_dim"] = cfg["project_embed_dim"]

@@ -128,6 +128,10 @@ def add_reference_switches(parser: argparse.ArgumentParser, engine: str) -> None
     g.add_argument("--drop-path-scope", default="all", choices=DROP_PATH_SCOPES,
                    help="where --drop-path-rate applies. all: every tower; reference: not in TimeSformer/TimeMamba "
                    "towers (the reference builders never pass the rate to them), ViT and ViViM keep it")
+    if engine in ("pretrain", "finetune_retrieval"):
+        g.add_argument("--epoch-shuffle", default="each-epoch", choices=["each-epoch", "reference"],
+                       help="training sample order. each-epoch: a new shuffle every epoch; reference: epoch 0's order "
+                       "in every epoch (the reference's pretraining and MIR engines never call set_epoch)")
     if engine == "pretrain":
         g.add_argument("--deit-patch-bias", default="fold", choices=["fold", "drop"],
                        help="DeiT patch-embedding bias with --pretrain-zoo deit (the towers' patch embedding has no "
