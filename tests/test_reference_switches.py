@@ -1,4 +1,4 @@
-"""Reference-behaviour switches that are not covered elsewhere: --epoch-shuffle (the sample order over epochs)."""
+"""Reference-behaviour switches reach the engines: --epoch-shuffle (sample order over epochs), --cutmix-variant."""
 from __future__ import annotations
 
 import argparse
@@ -51,3 +51,17 @@ def test_epoch_shuffle_flag_reaches_the_training_loader():
     with pytest.raises(SystemExit):
         parse_engine_args(RetrievalEngine(), ["--epoch-shuffle", "never"])
     assert isinstance(args, argparse.Namespace)
+
+
+def test_cutmix_variant_flag_reaches_the_classification_mixup(tmp_path):
+    from lavila.data.ek100 import ActionVocabulary
+    from lavila.train.finetune_classification import ClassificationEngine
+    from lavila.train.loop import parse_engine_args
+
+    ActionVocabulary(["0:1", "1:0", "1:2"]).save(tmp_path / "actions.json")
+    for value in ("hw", "reference"):
+        engine = ClassificationEngine()
+        args = parse_engine_args(engine, ["--actions", str(tmp_path / "actions.json"), "--output-dir",
+                                          str(tmp_path / value), "--cutmix-variant", value])
+        engine.prepare_args(args, None)
+        assert engine.mixup.cutmix_variant == value
