@@ -202,3 +202,42 @@ def test_width_without_a_release_is_a_clear_error(clip_file):
     model = create_model("CLIP_VITT16", embed_dim=64, num_heads=2, depth=1, num_frames=2, img_size=32, **TEXT)
     with pytest.raises(TrainingError, match=re.escape("no released DeiT ImageNet weights for a 64-wide")):
         init_pretrained(model, _args(pretrain_clip_path=str(clip_file[0])))
+
+
+@pytest.mark.slow  # ~15 s: one epoch of the ViViM-T zoo recipe on generated data
+def test_vivim_zoo_recipe_trains_from_the_downloaded_initialisation(tmp_path_factory, tmp_path, hub, monkeypatch):
+    """configs/zoo/deit_vivim_tiny_ego4d4m_bs512_f16/train.yaml as is (only data, size and device flags added): the
+    Vim-T weights come from the (faked) Hugging Face download, the CLIP text tower from ViT-B-16.pt in the zoo dir."""
+    import huggingface_hub
+    import yaml
+    from engine_helpers import paths, synthetic_root
+
+    from lavila.train.loop import run
+    from lavila.train.pretrain import PretrainEngine
+
+    vim = _vim_state_dict("CLIP_ViViM_tiny", depth=1)
+    calls = []
+
+    def fake_hf_download(repo_id, filename, cache_dir=None, **kw):
+        calls.append(repo_id)
+        torch.save({"model": vim}, tmp_path / filename)
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hf_download)
+    hub.mkdir(parents=True)
+    clip = open_clip.model.CLIP(  # the real vocabulary: the tokenizer's ids reach 49407
+        embed_dim=16,
+        vision_cfg=open_clip.model.CLIPVisionCfg(layers=1, width=64, head_width=32, patch_size=16, image_size=32),
+        text_cfg=open_clip.model.CLIPTextCfg(context_length=16, vocab_size=49408, width=32, heads=2, layers=1))
+    torch.save(clip.state_dict(), hub / "ViT-B-16.pt")
+    p = paths(synthetic_root(tmp_path_factory))
+    repo = Path(__file__).resolve().parents[1]
+    argv = ["--config", str(repo / "configs/zoo/deit_vivim_tiny_ego4d4m_bs512_f16/train.yaml"),
+            "--root", p["ego4d_root"], "--train-metadata", p["ego4d_meta"], "--output-dir", str(tmp_path / "out"),
+            "--model-overrides", "depth=1", *[f"{k}={v}" for k, v in TEXT.items() if k != "vocab_size"],
+            "--context-length", "16", "--project-embed-dim", "16", "--input-size", "32", "--clip-length", "2",
+            "--batch-size", "4", "--epochs", "1", "--workers", "0", "--device", "cpu"]
+    summary = run(PretrainEngine(), argv)
+    assert summary["status"] == "finished" and calls == ["hustvl/Vim-tiny-midclstok"]
+    config = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
+    assert (config["pretrain_zoo"], config["wd_rule"], config["epoch_shuffle"]) == ("openai", "reference", "reference")
