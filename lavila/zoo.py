@@ -146,28 +146,30 @@ def _verify(path: Path, sha256: str | None) -> Path:
     return path
 
 
-def _hf_download(filename: str, cache_dir: str | os.PathLike | None) -> Path:
+def _hf_download(filename: str, cache_dir: str | os.PathLike | None, repo_id: str = HF_REPO_ID) -> Path:
     """One download attempt through huggingface_hub (its own cache makes a second call a cache hit)."""
     from huggingface_hub import hf_hub_download
 
-    return Path(hf_hub_download(repo_id=HF_REPO_ID, filename=filename,
+    return Path(hf_hub_download(repo_id=repo_id, filename=filename,
                                 cache_dir=None if cache_dir is None else str(cache_dir)))
 
 
-def _url_download(url: str, dest: Path) -> Path:
+def _url_download(url: str, dest: Path, hash_prefix: str | None = None) -> Path:
     import torch.hub
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    torch.hub.download_url_to_file(url, str(dest), progress=True)
+    torch.hub.download_url_to_file(url, str(dest), hash_prefix=hash_prefix, progress=True)
     return dest
 
 
-def _offline_error(what: str, urls: list[str], manual: Path, exc: BaseException) -> ZooError:
+def _offline_error(what: str, urls: list[str], manual: Path, exc: BaseException, flag: str | None = None
+                   ) -> ZooError:
     links = "\n".join(f"  {u}" for u in urls)
+    local = f"or pass the file with {flag} FILE" if flag else "or pass the file's path instead of the name"
     return ZooError(
         f"could not download {what} ({type(exc).__name__}: {exc}).\n"
         f"Download it by hand from\n{links}\nand put it at\n  {manual}\n"
-        f"(or set {ZOO_DIR_ENV} to the folder holding it, or pass the file's path instead of the name).")
+        f"(or set {ZOO_DIR_ENV} to the folder holding it, {local}).")
 
 
 def _resolve_entry(entry: ZooEntry, cache_dir: str | os.PathLike | None) -> Path:
@@ -210,18 +212,72 @@ def resolve(name_or_path_or_url: str | os.PathLike, cache_dir: str | os.PathLike
             if not local.is_file():
                 raise ZooError(f"checkpoint not found: {local} (from {text})")
             return _verify(local, sha256)
-        dest = (Path(cache_dir) if cache_dir is not None else default_zoo_dir()) / os.path.basename(
-            urllib.parse.urlparse(text).path)
-        if dest.is_file():
-            return _verify(dest, sha256)
-        try:
-            return _verify(_url_download(text, dest), sha256)
-        except ZooError:
-            raise
-        except Exception as exc:
-            raise _offline_error(f"checkpoint {text}", [text], dest, exc) from exc
+        return _verify(_resolve_url(text, cache_dir), sha256)
     raise ZooError(f"checkpoint not found: '{text}' is not an existing file, a zoo name or a URL. "
                    f"Zoo names: {', '.join(list_zoo())} (see docs/MODEL_ZOO.md).")
+
+
+def _resolve_url(url: str, cache_dir: str | os.PathLike | None, what: str | None = None, flag: str | None = None,
+                 hash_prefix: str | None = None) -> Path:
+    """``url`` through torch's hub cache (``<cache_dir or zoo dir>/<file name>``; a file already there is used)."""
+    dest = (Path(cache_dir) if cache_dir is not None else default_zoo_dir()) / os.path.basename(
+        urllib.parse.urlparse(url).path)
+    if dest.is_file():
+        return dest
+    try:
+        return _url_download(url, dest, hash_prefix)
+    except Exception as exc:
+        raise _offline_error(what or f"checkpoint {url}", [url], dest, exc, flag) from exc
+
+
+# ---- ImageNet weights of the visual towers (--pretrain-zoo), from where the reference builders take them ----------
+
+@dataclass(frozen=True)
+class ImageWeights:
+    """One pretrained image-model file: DeiT from its release URL (torch.hub's cache, sha256 prefix checked as the
+    reference's ``check_hash=True``), Vim from its authors' Hugging Face repo (huggingface_hub)."""
+    label: str
+    filename: str
+    hf_repo: str | None = None
+    url_prefix: str = "https://dl.fbaipublicfiles.com/deit/"
+    hash_prefix: str | None = None
+
+    @property
+    def url(self) -> str:
+        if self.hf_repo:
+            return f"https://huggingface.co/{self.hf_repo}/resolve/main/{self.filename}"
+        return self.url_prefix + self.filename
+
+
+# keyed by tower width (embed_dim)
+DEIT_WEIGHTS: dict[int, ImageWeights] = {
+    192: ImageWeights("DeiT-T", "deit_tiny_patch16_224-a1311bcf.pth", hash_prefix="a1311bcf"),
+    384: ImageWeights("DeiT-S", "deit_small_patch16_224-cd65a155.pth", hash_prefix="cd65a155"),
+    768: ImageWeights("DeiT-B", "deit_base_patch16_224-b5f2ef4d.pth", hash_prefix="b5f2ef4d"),
+}
+VIM_WEIGHTS: dict[int, ImageWeights] = {
+    192: ImageWeights("Vim-T (Vim-tiny-midclstok)", "vim_t_midclstok_76p1acc.pth", hf_repo="hustvl/Vim-tiny-midclstok"),
+    384: ImageWeights("Vim-S (Vim-small-midclstok)", "vim_s_midclstok_80p5acc.pth",
+                      hf_repo="hustvl/Vim-small-midclstok"),
+}
+CLIP_VITB16_URL = ("https://openaipublic.azureedge.net/clip/models/"
+                   "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt")
+CLIP_VITB16_FILE = "ViT-B-16.pt"  # OpenAI's TorchScript file; one put in the zoo dir is used without a download
+
+
+def resolve_image_weights(weights: ImageWeights, flag: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """A local file for ``weights``: one put by hand in the zoo dir, else a download (torch.hub's cache for URLs,
+    huggingface_hub for Hugging Face repos). Failures name the URL, the path to put the file at and ``flag``."""
+    what = f"the {weights.label} ImageNet weights"
+    if not weights.hf_repo:
+        return _resolve_url(weights.url, cache_dir, what, flag, weights.hash_prefix)
+    manual = (Path(cache_dir) if cache_dir is not None else default_zoo_dir()) / weights.filename
+    if manual.is_file():
+        return manual
+    try:
+        return _hf_download(weights.filename, cache_dir, repo_id=weights.hf_repo)
+    except Exception as exc:  # offline, not cached, DNS, proxy, HTTP errors ...
+        raise _offline_error(what, [weights.url], manual, exc, flag) from exc
 
 
 def load(name_or_path_or_url: str | os.PathLike, cache_dir: str | os.PathLike | None = None,

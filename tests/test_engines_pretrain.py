@@ -209,11 +209,18 @@ def test_deit_init_fills_visual_from_deit_and_text_from_clip(deit_and_clip_files
     assert torch.equal(model.textual.positional_embedding, clip.positional_embedding)
 
 
-def test_deit_init_without_clip_weights_is_a_clear_error(deit_and_clip_files):
+def test_deit_init_without_clip_weights_is_a_clear_error(deit_and_clip_files, monkeypatch, tmp_path):
+    import open_clip
+
     from lavila.models import create_model
     from lavila.train.engine_utils import init_pretrained
     from lavila.train.loop import TrainingError
 
+    def offline(*a, **kw):  # open_clip's download of the OpenAI weights, offline (fails fast)
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(open_clip, "create_model", offline)
+    monkeypatch.setenv("LAVILA_ZOO_DIR", str(tmp_path))
     deit_path = deit_and_clip_files[0]
     model = create_model("CLIP_VITT16", **_TINY_VIT)
     with pytest.raises(TrainingError, match="--pretrain-clip-path FILE"):

@@ -47,3 +47,24 @@ def test_prob_zero_only_smooths_and_bad_input():
         mix(torch.zeros(2, 3, 8, 8), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="batch"):
         VideoMixup(mode="pair")
+
+
+def test_reference_cutmix_variant_cuts_t_by_h_like_timm_on_video():
+    """--cutmix-variant reference: timm's image CutMix on (B, C, T, H, W) -- the H x W box is pasted as
+    x[:, :, y0:y1, x0:x1], i.e. over frames [y0, y1) and rows [x0, x1), full width; lambda from the H x W box."""
+    t, h, w = 8, 16, 24
+    torch.manual_seed(5)
+    mix = VideoMixup(mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=4, cutmix_variant="reference")
+    seen_empty = False
+    for _ in range(40):
+        video, target = mix(_batch(t=t, h=h, w=w), torch.arange(4))
+        y0, y1, x0, x1 = mix.last["box"]
+        assert mix.last["lam"] == pytest.approx(1 - (y1 - y0) * (x1 - x0) / (h * w))  # as if an H x W box
+        expected = torch.zeros(3, t, h, w, dtype=torch.bool)
+        expected[:, y0:y1, x0:x1, :] = True  # frames from the box rows, image rows from the box columns
+        assert torch.equal(video[0] == 3.0, expected)
+        assert target[0, 3] == pytest.approx(1 - mix.last["lam"])  # targets mixed even when nothing was pasted
+        seen_empty |= y0 >= t
+    assert seen_empty  # boxes starting past the last frame paste nothing
+    with pytest.raises(ValueError, match="--cutmix-variant"):
+        VideoMixup(cutmix_variant="tw")

@@ -52,6 +52,23 @@ OVERRIDES = ("embed_dim", "depth", "num_heads", "mlp_ratio", "img_size", "patch_
              "context_length", "freeze_temperature", "dropout_rate")
 
 
+DROP_PATH_SCOPES = ("all", "reference")
+
+
+def effective_drop_path_rate(name: str, rate: float, scope: str = "all") -> float:
+    """The stochastic-depth rate model ``name`` trains with under ``--drop-path-scope``.
+
+    ``all``: every tower uses ``rate``. ``reference``: TimeSformer / TimeMamba towers get 0, because the reference
+    builders never pass ``drop_path_rate`` to them; ViT and ViViM keep ``rate`` (their builders pass it)."""
+    if scope not in DROP_PATH_SCOPES:
+        raise ValueError(f"unknown --drop-path-scope {scope!r}; use one of {', '.join(DROP_PATH_SCOPES)}")
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+    if scope == "reference" and MODELS[name]["tower"] == "timesformer":
+        return 0.0
+    return float(rate)
+
+
 def list_models() -> list[str]:
     return sorted(MODELS)
 

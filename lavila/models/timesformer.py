@@ -12,8 +12,9 @@ Per block, with patches ``x_p`` and the global cls ``c``:
   x = x + drop_path(mlp(norm2(x)))
 
 The reference builders never pass ``drop_path_rate`` to these towers, so the released models train without
-stochastic depth; here the rate is honoured when given (linear schedule over depth, as the reference constructor),
-and every registry default is 0 so the default behaviour equals the reference.
+stochastic depth; here the rate is honoured when given (linear schedule over depth, as the reference constructor).
+``--drop-path-scope reference`` (the zoo recipes) builds these towers with rate 0 whatever ``--drop-path-rate`` says
+(:func:`lavila.models.registry.effective_drop_path_rate`).
 """
 from __future__ import annotations
 

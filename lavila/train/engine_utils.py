@@ -69,12 +69,23 @@ def overrides_for(args: argparse.Namespace, ckpt: dict[str, Any] | None) -> tupl
     count and drop path (the temporal embedding is resized to ``--clip-length`` when loading)."""
     overrides = model_overrides(args)
     if ckpt is None:
-        return args.model, overrides
+        return args.model, _effective_drop_path(args.model, overrides, args)
     from lavila.models.convert import checkpoint_model_spec
 
     name, stored = checkpoint_model_spec(ckpt)
     stored = {k: v for k, v in stored.items() if k not in ("num_frames", "drop_path_rate")}
-    return name or args.model, {**overrides, **stored}
+    name = name or args.model
+    return name, _effective_drop_path(name, {**overrides, **stored}, args)
+
+
+def _effective_drop_path(name: str, overrides: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """``--drop-path-scope reference``: no drop-path in TimeSformer / TimeMamba towers (as the reference builders)."""
+    from lavila.models.registry import MODELS, effective_drop_path_rate
+
+    if name in MODELS and "drop_path_rate" in overrides:
+        overrides["drop_path_rate"] = effective_drop_path_rate(name, overrides["drop_path_rate"],
+                                                               getattr(args, "drop_path_scope", "all"))
+    return overrides
 
 
 def load_weights(model: nn.Module, ckpt: dict[str, Any]) -> None:
@@ -107,56 +118,93 @@ def load_clip_state_dict(path: str, args: argparse.Namespace) -> dict[str, Any]:
     return _load_weights_file(path, args)
 
 
-CLIP_WEIGHTS_HINT = ("nothing is downloaded at model build: save the OpenAI CLIP ViT-B/16 weights once where you "
-                     "have internet (python -c \"import open_clip, torch; torch.save(open_clip.create_model("
-                     "'ViT-B-16', pretrained='openai').state_dict(), 'clip_vitb16_openai.pt')\") and pass")
+def _clip_state_dict(args: argparse.Namespace, path: str | None, flag: str) -> dict[str, Any]:
+    """CLIP ViT-B/16 weights: the file ``path``, else ``ViT-B-16.pt`` put in the zoo dir, else open_clip's download
+    (its own cache). A failed download names the URL, the path to put the file at and ``flag``."""
+    from lavila import zoo
+
+    if path:
+        return load_clip_state_dict(path, args)
+    manual = zoo.default_zoo_dir() / zoo.CLIP_VITB16_FILE
+    if manual.is_file():
+        return load_clip_state_dict(str(manual), args)
+    try:
+        import open_clip
+
+        return open_clip.create_model("ViT-B-16", pretrained="openai").state_dict()
+    except Exception as exc:
+        raise TrainingError(
+            f"--pretrain-zoo {args.pretrain_zoo} needs the OpenAI CLIP ViT-B/16 weights, which could not be "
+            f"downloaded through open_clip ({type(exc).__name__}: {exc}). Download {zoo.CLIP_VITB16_URL} by hand and "
+            f"put it at {manual}, or pass the file (OpenAI's ViT-B-16.pt or an open_clip state_dict) with {flag} "
+            "FILE; or use --pretrain-zoo none for a random initialisation") from exc
 
 
-def init_pretrained(model: nn.Module, args: argparse.Namespace) -> None:
-    """``--pretrain-zoo`` initialisation of a fresh CLIP (``none``: random).
+def _image_state_dict(model: nn.Module, args: argparse.Namespace, path: str | None, flag: str) -> dict[str, Any]:
+    """DeiT (ViT / TimeSformer) or Vim (ViViM) ImageNet weights for the visual tower: the file ``path``, else the
+    file the reference builders use for this width, downloaded (:func:`lavila.zoo.resolve_image_weights`)."""
+    if path:
+        return _load_weights_file(path, args)
+    from lavila import zoo
 
-    ``openai`` / ``open_clip``: both towers from the CLIP ViT-B/16 file ``--pretrain-path`` (without it, open_clip's
-    own download/cache is tried; the visual tower is skipped for ViViM). ``deit``: the visual tower from DeiT
-    (ViT / TimeSformer) or Vim (ViViM) weights in ``--pretrain-path`` and the text tower from CLIP ViT-B/16 in
-    ``--pretrain-clip-path`` (as upstream; required). ``lavila``: a checkpoint in ``--pretrain-path``.
+    vivim = type(model.visual).__name__ == "ViViM"
+    table, family = (zoo.VIM_WEIGHTS, "Vim") if vivim else (zoo.DEIT_WEIGHTS, "DeiT")
+    width = int(model.config["embed_dim"]) if hasattr(model, "config") else None
+    if width not in table:
+        raise TrainingError(f"no released {family} ImageNet weights for a {width}-wide visual tower "
+                            f"(widths {sorted(table)}); pass the weights with {flag} FILE, or use --pretrain-zoo none")
+    try:
+        file = zoo.resolve_image_weights(table[width], flag)
+    except zoo.ZooError as exc:
+        raise TrainingError(str(exc)) from exc
+    return _load_weights_file(str(file), args)
+
+
+def _log_report(report: Any) -> None:
+    from lavila.utils.distributed import print_main
+
+    print_main(f"pretrained initialisation: {report}")
+
+
+def init_pretrained(model: nn.Module, args: argparse.Namespace) -> Any:
+    """``--pretrain-zoo`` initialisation of a fresh CLIP (``none``: random), as the reference builders; returns the
+    :class:`lavila.models.convert.LoadReport` (also logged), or None.
+
+    ``openai`` / ``open_clip``: both towers from CLIP ViT-B/16 (``--pretrain-path``, else open_clip's download);
+    for ViViM the visual tower comes from Vim-T/S instead (``--pretrain-vim-path``, else the Vim authors' Hugging
+    Face repo). ``deit``: the visual tower from DeiT (ViT / TimeSformer) or Vim (ViViM) (``--pretrain-path``, else
+    the reference's download) and the text tower from CLIP ViT-B/16 (``--pretrain-clip-path``, else open_clip's
+    download). ``lavila``: a checkpoint in ``--pretrain-path``.
     """
-    zoo = args.pretrain_zoo
-    if zoo == "none":
-        return
+    zoo_name = args.pretrain_zoo
+    if zoo_name == "none":
+        return None
     from lavila.models import convert
 
     path = args.pretrain_path
-    if zoo in ("openai", "open_clip"):
-        if path:
-            state = load_clip_state_dict(path, args)
-        else:  # open_clip's own download / cache
-            try:
-                import open_clip
-
-                state = open_clip.create_model("ViT-B-16", pretrained="openai").state_dict()
-            except Exception as exc:
-                raise TrainingError(
-                    f"--pretrain-zoo {zoo} needs the CLIP ViT-B/16 weights, which could not be loaded ({exc}); "
-                    "pass --pretrain-path FILE, or --pretrain-zoo none for a random initialisation") from exc
-        convert.init_from_clip(model, state)
-    elif zoo == "deit":
-        if not path:
-            raise TrainingError("--pretrain-zoo deit needs the DeiT (ViT) or Vim (ViViM) ImageNet weights in "
-                                "--pretrain-path FILE (no download here); or use --pretrain-zoo none")
-        clip_path = getattr(args, "pretrain_clip_path", None)
-        if not clip_path:
-            raise TrainingError("--pretrain-zoo deit also initialises the text tower from CLIP ViT-B/16 (as upstream): "
-                                f"{CLIP_WEIGHTS_HINT} --pretrain-clip-path FILE")
-        clip_sd = load_clip_state_dict(clip_path, args)
-        state = _load_weights_file(path, args)
-        if type(model.visual).__name__ == "ViViM":
-            convert.init_from_vim(model, state, clip_state_dict=clip_sd)
+    vivim = type(model.visual).__name__ == "ViViM"
+    if zoo_name in ("openai", "open_clip"):
+        clip_sd = _clip_state_dict(args, path, "--pretrain-path")
+        if vivim:  # the reference's ViViM builders: CLIP text + Vim ImageNet visual
+            vim_sd = _image_state_dict(model, args, getattr(args, "pretrain_vim_path", None), "--pretrain-vim-path")
+            report = convert.init_from_vim(model, vim_sd, clip_state_dict=clip_sd)
         else:
-            convert.init_from_deit(model, state, clip_state_dict=clip_sd)
+            report = convert.init_from_clip(model, clip_sd)
+    elif zoo_name == "deit":
+        state = _image_state_dict(model, args, path, "--pretrain-path")
+        clip_sd = _clip_state_dict(args, getattr(args, "pretrain_clip_path", None), "--pretrain-clip-path")
+        if vivim:
+            report = convert.init_from_vim(model, state, clip_state_dict=clip_sd)
+        else:
+            report = convert.init_from_deit(model, state, clip_state_dict=clip_sd,
+                                            patch_bias=getattr(args, "deit_patch_bias", "fold"))
     else:  # lavila
         if not path:
             raise TrainingError("--pretrain-zoo lavila needs --pretrain-path FILE; or use --pretrain-zoo none")
         load_weights(model, _load_weights_file(path, args))
+        return None
+    _log_report(report)
+    return report
 
 
 def mir_relevancy(dataset: Any, relevancy_path: str | None) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 A ``VideoClassifier`` (dropout ``--dropout-rate`` + ``fc_cls``) over the visual tower of ``--pretrain-model``;
 actions are the ``verb:noun`` pairs of the train + validation CSVs sorted as strings (3806 on EK100). Mixup/CutMix
-over H x W with label smoothing; SGD or AdamW; ``lr``, ``lr-start``, ``lr-end`` scaled by global batch / 128 as in the
-reference. Evaluation (:func:`lavila.evaluation.classification.ek100_cls_metrics`, percent): ``acc1``, ``acc5``,
+over H x W (``--cutmix-variant reference``: the reference's T x H cut) with label smoothing; SGD or AdamW; ``lr``,
+``lr-start``, ``lr-end`` scaled by global batch / 128 as in the reference. Evaluation
+(:func:`lavila.evaluation.classification.ek100_cls_metrics`, percent): ``acc1``, ``acc5``,
 ``mean_acc`` (over the classes present in the targets), ``mean_acc_cm`` (the reference's confusion-matrix variant),
 and ``verb_``/``noun_`` ``acc1`` / ``acc5`` / ``mean_acc`` from the action probabilities marginalised over the
 vocabulary. Logged as ``test_<key>``; the tracked ("best", ``checkpoint_best.pt``) metric is the action top-1
@@ -28,6 +29,7 @@ from lavila.train.engine_utils import (
     video_dataset_kwargs,
     video_to_device,
 )
+from lavila.train.flags import add_reference_switches
 from lavila.train.loop import Engine, TrainingError
 from lavila.train.losses import ClassificationLoss
 from lavila.train.mixup import VideoMixup
@@ -61,6 +63,7 @@ class ClassificationEngine(Engine):
         g.add_argument("--smoothing", type=float, default=0.1)
         g.add_argument("--no-lr-scaling", action="store_true", help="do not scale the lrs by global batch / 128")
         g.add_argument("--pickle-filename", default="", help="save logits, probabilities and targets here (.npz)")
+        add_reference_switches(parser, self.name)
 
     def lr_values(self, args: argparse.Namespace, world_size: int) -> tuple[float, float, float]:
         scale = 1.0 if args.no_lr_scaling else args.batch_size * world_size / 128.0
@@ -75,7 +78,8 @@ class ClassificationEngine(Engine):
         self.mixup = None
         if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
             self.mixup = VideoMixup(args.mixup, args.cutmix, args.cutmix_minmax, args.mixup_prob,
-                                    args.mixup_switch_prob, args.mixup_mode, args.smoothing, self.num_classes)
+                                    args.mixup_switch_prob, args.mixup_mode, args.smoothing, self.num_classes,
+                                    cutmix_variant=args.cutmix_variant)
             if not self.mixup.active:
                 self.mixup = None
 

@@ -24,6 +24,7 @@ from lavila.train.engine_utils import (
     video_dataset_kwargs,
     video_to_device,
 )
+from lavila.train.flags import add_reference_switches
 from lavila.train.loop import Engine, TrainingError
 from lavila.train.losses import MaxMarginRankingLoss
 
@@ -47,6 +48,7 @@ class RetrievalEngine(Engine):
         g.add_argument("--gather-with-grad", dest="gather_with_grad", action="store_true")
         g.add_argument("--no-gather-with-grad", dest="gather_with_grad", action="store_false")
         parser.set_defaults(gather_with_grad=True)
+        add_reference_switches(parser, self.name)
 
     def build_datasets(self, args: argparse.Namespace):
         from lavila.data.ek100 import EK100MIRDataset

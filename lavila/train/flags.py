@@ -105,3 +105,41 @@ def add_common_args(parser: argparse.ArgumentParser, *, clip_length: int, epochs
                       (("--dist-url",), {"default": "env://"}), (("--dist-backend",), {"default": None}),
                       (("--gpu",), {"default": None})):
         run.add_argument(*flags, help=argparse.SUPPRESS, **kw)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reference-behaviour switches (issue 15, part A). Where this project fixed a reference behaviour that changes a
+# trained number, the option's `reference` value (or the value named in the help) reproduces video-mamba-suite; every
+# configs/zoo/*/train.yaml selects it, the defaults keep the fix. Table: docs/MODEL_ZOO.md, "Reference behaviour".
+# ---------------------------------------------------------------------------------------------------------------------
+def add_reference_switches(parser: argparse.ArgumentParser, engine: str) -> None:
+    """The switches of ``engine`` (``pretrain``, ``finetune_retrieval``, ``finetune_classification``); the MIR loss
+    switch ``--mir-loss-weighting`` lives with the retrieval engine's flags."""
+    from lavila.models.registry import DROP_PATH_SCOPES
+    from lavila.train.mixup import CUTMIX_VARIANTS
+    from lavila.train.optim import WD_RULES
+
+    g = parser.add_argument_group("reference behaviour (docs/MODEL_ZOO.md)")
+    g.add_argument("--wd-rule", default="default", choices=WD_RULES,
+                   help="weight-decay groups. default: no decay for biases, norms, embeddings (cls/pos/temporal/"
+                   "token), logit scale and SSM A_log/D; reference: decay every parameter with ndim >= 2 unless its "
+                   "name contains bias/ln/bn/pos_embed/positional_embedding (decays cls_token, temporal embeddings, "
+                   "A_log)")
+    g.add_argument("--drop-path-scope", default="all", choices=DROP_PATH_SCOPES,
+                   help="where --drop-path-rate applies. all: every tower; reference: not in TimeSformer/TimeMamba "
+                   "towers (the reference builders never pass the rate to them), ViT and ViViM keep it")
+    if engine in ("pretrain", "finetune_retrieval"):
+        g.add_argument("--epoch-shuffle", default="each-epoch", choices=["each-epoch", "reference"],
+                       help="training sample order. each-epoch: a new shuffle every epoch; reference: epoch 0's order "
+                       "in every epoch (the reference's pretraining and MIR engines never call set_epoch)")
+    if engine == "pretrain":
+        g.add_argument("--deit-patch-bias", default="fold", choices=["fold", "drop"],
+                       help="DeiT patch-embedding bias with --pretrain-zoo deit (the towers' patch embedding has no "
+                       "bias). fold: add it to the patch position embeddings (exact); drop: discard it (reference)")
+        g.add_argument("--pretrain-vim-path", default=None,
+                       help="Vim ImageNet weights for a ViViM visual tower under --pretrain-zoo openai/open_clip "
+                       "(default: downloaded from the Vim authors' Hugging Face repo, as the reference loads them)")
+    if engine == "finetune_classification":
+        g.add_argument("--cutmix-variant", default="hw", choices=CUTMIX_VARIANTS,
+                       help="hw: cut a box over H x W of every frame; reference: timm's image CutMix on 5-D clips, "
+                       "box drawn on H x W but pasted over T x H (lambda from the H x W box)")

@@ -336,7 +336,8 @@ def build_loader(dataset: Dataset, args: argparse.Namespace, info: du.DistInfo, 
     pin_memory = info.device.type == "cuda"
     if training:
         dataset = PerSampleSeededDataset(dataset, seed=args.seed)
-        sampler = ResumableDistributedSampler(len(dataset), info.rank, info.world_size, shuffle=True, seed=args.seed)
+        sampler = ResumableDistributedSampler(len(dataset), info.rank, info.world_size, shuffle=True, seed=args.seed,
+                                              reshuffle=getattr(args, "epoch_shuffle", "each-epoch") != "reference")
         generator = torch.Generator().manual_seed(args.seed + info.rank)  # worker seeds; leaves the global RNG alone
         loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                             collate_fn=SkipCollate(tracker, args.skip_policy), drop_last=True, pin_memory=pin_memory,

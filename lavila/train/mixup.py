@@ -1,8 +1,11 @@
 """Mixup / CutMix for video batches (B, C, T, H, W).
 
-CutMix pastes a box of the flipped batch over the **H and W** axes of every frame and sets
-``lam = 1 - box_area / (H * W)`` from the box actually pasted (after clipping at the borders). The reference passes
-5-D tensors to timm's image Mixup, which draws the box on H x W but pastes it over T x H; that is not reproduced.
+CutMix (``cutmix_variant="hw"``, the default) pastes a box of the flipped batch over the **H and W** axes of every
+frame and sets ``lam = 1 - box_area / (H * W)`` from the box actually pasted (after clipping at the borders).
+``cutmix_variant="reference"`` (``--cutmix-variant reference``, the CLS zoo recipes) reproduces the reference, which
+passes 5-D clips to timm's image Mixup: the box is drawn on H x W and ``lam`` computed from it, but it is pasted as
+``x[:, :, y0:y1, x0:x1]``, i.e. over frames ``[y0, y1)`` (clipped to T) and image rows ``[x0, x1)``, full width; when
+``y0 >= T`` nothing is pasted while the targets are still mixed.
 Random draws use torch's global generator, so a resumed run draws the same boxes.
 """
 from __future__ import annotations
@@ -41,12 +44,19 @@ def cutmix_box(height: int, width: int, lam: float, minmax: tuple[float, float] 
     return y0, y1, x0, x1
 
 
+CUTMIX_VARIANTS = ("hw", "reference")
+
+
 class VideoMixup:
     """Batch-mode mixup/cutmix with smoothed one-hot targets (timm's ``Mixup(mode='batch')`` semantics)."""
 
     def __init__(self, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0,
                  cutmix_minmax: tuple[float, float] | None = None, prob: float = 1.0, switch_prob: float = 0.5,
-                 mode: str = "batch", label_smoothing: float = 0.1, num_classes: int = 1000) -> None:
+                 mode: str = "batch", label_smoothing: float = 0.1, num_classes: int = 1000,
+                 cutmix_variant: str = "hw") -> None:
+        if cutmix_variant not in CUTMIX_VARIANTS:
+            raise ValueError(f"unknown --cutmix-variant {cutmix_variant!r}; use one of {', '.join(CUTMIX_VARIANTS)}")
+        self.cutmix_variant = cutmix_variant
         if mode != "batch":
             raise ValueError(f"--mixup-mode {mode!r} is not supported; only 'batch' (the value every recipe uses)")
         if cutmix_minmax is not None and len(cutmix_minmax) != 2:
@@ -85,7 +95,10 @@ class VideoMixup:
                 height, width = video.shape[-2:]
                 box = cutmix_box(height, width, lam, self.cutmix_minmax)
                 y0, y1, x0, x1 = box
-                video[..., y0:y1, x0:x1] = flipped[..., y0:y1, x0:x1]
+                if self.cutmix_variant == "reference":  # timm on (B, C, T, H, W): rows index T, columns index H
+                    video[:, :, y0:y1, x0:x1] = flipped[:, :, y0:y1, x0:x1]
+                else:
+                    video[..., y0:y1, x0:x1] = flipped[..., y0:y1, x0:x1]
                 lam = 1.0 - (y1 - y0) * (x1 - x0) / float(height * width)
             else:
                 video.mul_(lam).add_(flipped.mul_(1.0 - lam))

@@ -1,8 +1,9 @@
 """Optimisers with parameter groups that exempt biases, norms, embeddings and SSM parameters from weight decay.
 
-The reference decays every parameter with ``ndim >= 2`` unless its name contains ``bias``/``ln``/``bn``/``pos_embed``,
-so it decays ``cls_token``, temporal embeddings, token embeddings and Mamba ``A_log``/``D``. Here none of these is
-decayed: parameters with ``ndim < 2``, parameters of embedding and normalisation layers, and the names below.
+``--wd-rule default``: no decay for parameters with ``ndim < 2``, parameters of embedding and normalisation layers,
+and the names below. ``--wd-rule reference`` (every zoo recipe): the reference's rule, decay every parameter with
+``ndim >= 2`` unless its name contains ``bias``/``ln``/``bn``/``pos_embed``/``positional_embedding``, so it decays
+``cls_token``, temporal embeddings, token embeddings, projections and Mamba ``A_log``/``A_b_log``.
 """
 from __future__ import annotations
 
@@ -28,8 +29,19 @@ def no_weight_decay(name: str, param: torch.Tensor, owner: nn.Module, extra: set
             or isinstance(owner, nn.Embedding) or _is_norm(owner) or name in extra)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two groups (decay / no decay) of the trainable parameters."""
+WD_RULES = ("default", "reference")
+REFERENCE_NO_DECAY_SUBSTRINGS = ("bias", "ln", "bn", "pos_embed", "positional_embedding")
+
+
+def reference_no_weight_decay(name: str, param: torch.Tensor) -> bool:
+    """The reference's rule: substring match on the name (so ``ln`` anywhere counts), ``_no_weight_decay`` ignored."""
+    return param.ndim < 2 or any(s in name for s in REFERENCE_NO_DECAY_SUBSTRINGS)
+
+
+def param_groups(model: nn.Module, weight_decay: float, rule: str = "default") -> list[dict[str, Any]]:
+    """Two groups (decay / no decay) of the trainable parameters under ``rule`` (:data:`WD_RULES`)."""
+    if rule not in WD_RULES:
+        raise ValueError(f"unknown --wd-rule {rule!r}; use one of {', '.join(WD_RULES)}")
     extra: set[str] = set()
     for prefix, module in model.named_modules():
         hook = getattr(module, "no_weight_decay", None)
@@ -43,7 +55,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (skip if no_weight_decay(name, param, owners[name], extra) else decay).append(param)
+        exempt = reference_no_weight_decay(name, param) if rule == "reference" else \
+            no_weight_decay(name, param, owners[name], extra)
+        (skip if exempt else decay).append(param)
     groups = []
     if decay:
         groups.append({"params": decay, "weight_decay": weight_decay})
@@ -54,7 +68,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
     """AdamW (default) or SGD with momentum ``betas[0]`` (the reference's convention)."""
-    groups = param_groups(model, args.wd)
+    groups = param_groups(model, args.wd, getattr(args, "wd_rule", "default"))
     if not groups:
         raise ValueError("the model has no trainable parameters")
     name = getattr(args, "optimizer", "adamw")

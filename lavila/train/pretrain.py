@@ -23,6 +23,7 @@ from lavila.train.engine_utils import (
     video_dataset_kwargs,
     video_to_device,
 )
+from lavila.train.flags import add_reference_switches
 from lavila.train.loop import Engine, TrainingError
 from lavila.train.losses import ClipLoss
 
@@ -53,6 +54,7 @@ class PretrainEngine(Engine):
         g.add_argument("--evaluate-task", default=None, choices=["ek100_mir", "egoschema"],
                        help="task of --evaluate (default: --dataset-val)")
         parser.set_defaults(freeze_temperature=True, gather_with_grad=True)
+        add_reference_switches(parser, self.name)
 
     def prepare_args(self, args: argparse.Namespace, info: Any) -> None:
         if args.evaluate_task and args.evaluate_task != args.dataset_val:

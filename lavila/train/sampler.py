@@ -13,12 +13,16 @@ from torch.utils.data import Dataset, Sampler
 class ResumableDistributedSampler(Sampler[int]):
     """``DistributedSampler`` semantics (seed + epoch shuffle shared by all ranks, padding to a multiple of the world
     size, rank ``r`` takes positions ``r::world``) plus ``set_start`` to skip the samples an interrupted run had
-    already consumed in this epoch. With one process it is a seeded per-epoch shuffle."""
+    already consumed in this epoch. With one process it is a seeded per-epoch shuffle. ``reshuffle=False``
+    (``--epoch-shuffle reference``) keeps epoch 0's order in every epoch, as the reference's pretraining and MIR
+    engines, which never call ``set_epoch`` on their ``DistributedSampler``."""
 
-    def __init__(self, size: int, rank: int = 0, world_size: int = 1, shuffle: bool = True, seed: int = 0) -> None:
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1, shuffle: bool = True, seed: int = 0,
+                 reshuffle: bool = True) -> None:
         if size < 1:
             raise ValueError("cannot sample from an empty dataset")
         self.size, self.rank, self.world, self.shuffle, self.seed = size, rank, world_size, shuffle, seed
+        self.reshuffle = reshuffle
         self.epoch, self.start = 0, 0
         self.per_rank = -(-size // world_size)
 
@@ -31,7 +35,7 @@ class ResumableDistributedSampler(Sampler[int]):
 
     def indices(self) -> list[int]:
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            g = torch.Generator().manual_seed(self.seed + (self.epoch if self.reshuffle else 0))
             order = torch.randperm(self.size, generator=g).tolist()
         else:
             order = list(range(self.size))

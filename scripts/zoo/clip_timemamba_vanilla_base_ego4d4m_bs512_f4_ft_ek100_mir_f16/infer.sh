@@ -10,7 +10,7 @@
 #SBATCH --signal=B:USR1@120
 #SBATCH --requeue
 # Evaluate zoo row clip_timemamba_vanilla_base_ego4d4m_bs512_f4_ft_ek100_mir_f16 (EK100 MIR).
-# Upstream: scripts/mir_ft/run_slurm_finetune_mir_timemamba_like_timesformer_infer_mir_f16.sh
+# Upstream: scripts/mir_ft/run_slurm_finetune_mir_bs512_timemamba_like_timesformer_infer_mir_f16.sh
 # Slurm:  sbatch [-p PARTITION] scripts/zoo/clip_timemamba_vanilla_base_ego4d4m_bs512_f4_ft_ek100_mir_f16/infer.sh [engine flags]   (from the repository root;
 #         SBATCH_PARTITION / SBATCH_TIMELIMIT also work). Here: bash scripts/zoo/clip_timemamba_vanilla_base_ego4d4m_bs512_f4_ft_ek100_mir_f16/infer.sh [engine flags]
 # Variables (data roots, OUTPUT_DIR, CHECKPOINT, DRY_RUN=1 ...): see scripts/_launch.sh.

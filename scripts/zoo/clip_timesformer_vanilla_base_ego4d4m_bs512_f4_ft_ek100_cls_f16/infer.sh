@@ -10,7 +10,7 @@
 #SBATCH --signal=B:USR1@120
 #SBATCH --requeue
 # Evaluate zoo row clip_timesformer_vanilla_base_ego4d4m_bs512_f4_ft_ek100_cls_f16 (EK100 CLS).
-# Upstream: scripts/cls_ft/run_slurm_finetune_cls_timesformer_infer_cls_f16.sh
+# Upstream: scripts/cls_ft/run_slurm_finetune_cls_bs512_timesformer_infer_cls_f16.sh
 # Slurm:  sbatch [-p PARTITION] scripts/zoo/clip_timesformer_vanilla_base_ego4d4m_bs512_f4_ft_ek100_cls_f16/infer.sh [engine flags]   (from the repository root;
 #         SBATCH_PARTITION / SBATCH_TIMELIMIT also work). Here: bash scripts/zoo/clip_timesformer_vanilla_base_ego4d4m_bs512_f4_ft_ek100_cls_f16/infer.sh [engine flags]
 # Variables (data roots, OUTPUT_DIR, CHECKPOINT, DRY_RUN=1 ...): see scripts/_launch.sh.

@@ -10,7 +10,7 @@
 #SBATCH --signal=B:USR1@120
 #SBATCH --requeue
 # Train zoo row clip_timesformer_vanilla_base_ego4d4m_bs512_f4_ft_ek100_mir_f16 (CLIP_TimeSformerB16, 16 frames).
-# Upstream: scripts/mir_ft/run_slurm_finetune_mir_timesformer.sh
+# Upstream: scripts/mir_ft/run_slurm_finetune_mir_bs512_timesformer.sh
 # Slurm:  sbatch [-p PARTITION] scripts/zoo/clip_timesformer_vanilla_base_ego4d4m_bs512_f4_ft_ek100_mir_f16/train.sh [engine flags]   (from the repository root;
 #         SBATCH_PARTITION / SBATCH_TIMELIMIT also work). Here: bash scripts/zoo/clip_timesformer_vanilla_base_ego4d4m_bs512_f4_ft_ek100_mir_f16/train.sh [engine flags]
 # Variables (data roots, OUTPUT_DIR, CHECKPOINT, DRY_RUN=1 ...): see scripts/_launch.sh.
