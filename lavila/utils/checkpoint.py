@@ -126,7 +126,10 @@ def checkpoint_safe_globals() -> list[Any]:
 def _reason(exc: BaseException) -> str:
     """The informative line of torch's multi-paragraph unpickling message."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return next((line for line in lines if "Unpickler error" in line), lines[-1] if lines else type(exc).__name__)
+    for i, line in enumerate(lines):
+        if line.endswith("Unpickler error:") and i + 1 < len(lines):
+            return lines[i + 1]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def is_torch_file(path: str | os.PathLike) -> bool:
