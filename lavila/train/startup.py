@@ -43,7 +43,7 @@ def check_reference_paths(args: argparse.Namespace, engine_name: str) -> tuple[l
     Returns ``(errors, notes)``: a path the run needs gives an error naming the path, its layout and the flag; an
     evaluation path only a training run would use is set to None (training runs without evaluation) with a note.
     """
-    errors, notes = [], []
+    errors, dropped = [], []
     for dest, default in REFERENCE_DATA_PATHS.get(engine_name, {}).items():
         value = getattr(args, dest, None)
         if value != default or os.path.exists(value):
@@ -51,11 +51,12 @@ def check_reference_paths(args: argparse.Namespace, engine_name: str) -> tuple[l
         flag = DATA_FLAGS[dest]
         if dest in _EVAL_ONLY and not args.evaluate:
             setattr(args, dest, None)
-            notes.append(f"no evaluation: {value} ({flag}, the reference's default) does not exist; pass {flag} "
-                         "to evaluate during training")
+            dropped.append(f"{flag} {value}")
         elif not (dest in _TRAIN_ONLY and args.evaluate):
             errors.append(f"{value} not found: {flag} defaults to the reference's path, which should hold "
                           f"{DATA_LAYOUT[dest]}; put the data there or pass {flag} PATH")
+    notes = [f"no evaluation during training: the reference's default {' and '.join(dropped)} not found; pass "
+             "the flag to evaluate"] if dropped else []
     return errors, notes
 
 
