@@ -94,7 +94,7 @@ def _convert_value(key: str, value: Any, action: argparse.Action) -> Any:
         items = list(value) if isinstance(value, (list, tuple)) else [value]
         if isinstance(action.nargs, int) and len(items) != action.nargs:
             raise ConfigError(f"config key '{key}': {flag} takes {action.nargs} values, got {len(items)}: {value!r}")
-        if action.nargs == "+" and not items:
+        if action.nargs == "+" and not items and action.default:  # an empty default (e.g. []) round-trips
             raise ConfigError(f"config key '{key}': {flag} needs at least one value")
         converted = [_convert_scalar(key, v, action) for v in items]
         for v in converted:
