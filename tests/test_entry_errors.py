@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from engine_helpers import TINY_MODEL, paths, synthetic_root
+
 from lavila.data.annotations import AnnotationError
-from lavila.data.ek100 import read_ek100_csv
 from lavila.data.egoschema import load_questions
+from lavila.data.ek100 import read_ek100_csv
 from lavila.train.errors import TrainingError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -373,10 +373,14 @@ def build_training_optimizer(model: nn.Module, args: argparse.Namespace, info: d
     if not info.distributed:
         log.info("note: --use-zero with one process: nothing to shard, the plain optimizer is used")
         return optimizer
+    import inspect
+
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
+    accepted = inspect.signature(type(optimizer)).parameters  # defaults also hold internal keys
+    kwargs = {k: v for k, v in optimizer.defaults.items() if k in accepted}
     groups = [dict(group) for group in optimizer.param_groups]
-    return ZeroRedundancyOptimizer(groups, optimizer_class=type(optimizer), **optimizer.defaults)
+    return ZeroRedundancyOptimizer(groups, optimizer_class=type(optimizer), **kwargs)
 
 
 def run(engine: Engine, argv: Sequence[str] | None = None, *, args: argparse.Namespace | None = None,
