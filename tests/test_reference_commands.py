@@ -119,3 +119,49 @@ def test_reference_lines_through_the_real_entry_scripts(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "codes [0, 0, 0]", proc.stderr[-2000:]
     assert proc.stdout.count("clip_length:") == 3 and not any(tmp_path.iterdir())
+
+
+# ---- the lines run, with their meaning: the reference's arguments, then data paths and a tiny model appended -----
+
+RUN_LINES = ("run_slurm_pretrain_bs512_timesformer", "run_slurm_finetune_mir_bs512_timesformer",
+             "run_slurm_finetune_cls_bs512_timesformer", "run_slurm_pretrain_bs512_timesformer_infer_egoschema")
+
+
+@pytest.mark.slow  # ~1 min: four tiny runs on generated data
+def test_reference_lines_run_on_generated_data(tmp_path_factory, tmp_path, monkeypatch):
+    from engine_helpers import TINY_MODEL, paths, synthetic_root, tiny_pretrained_checkpoint
+
+    root = synthetic_root(tmp_path_factory)
+    p = paths(root)
+    ckpt = str(tiny_pretrained_checkpoint(tmp_path_factory))
+    monkeypatch.chdir(tmp_path)  # the lines' ./work_dirs/... outputs land here
+    data = {"main_pretrain.py": ["--root", p["ego4d_root"], "--train-metadata", p["ego4d_meta"],
+                                 "--root-val", p["ek_root"], "--val-metadata", p["mir_test"]],
+            "main_finetune_retrieval.py": ["--root", p["ek_root"], "--train-metadata", p["mir_train"],
+                                           "--val-metadata", p["mir_test"], "--pretrain-model", ckpt],
+            "main_finetune_classification.py": ["--root", p["ek_root"], "--train-metadata", p["cls_train"],
+                                                "--val-metadata", p["cls_val"], "--pretrain-model", ckpt]}
+    tiny = [*TINY_MODEL, "--batch-size", "2", "--epochs", "1"]
+    for name in RUN_LINES:
+        entry = next(c for c in COMMANDS if Path(c["source"]).stem == name)
+        argv = shlex.split(entry["command"])
+        if "--evaluate" in argv:  # EgoSchema zero-shot: the released checkpoint -> a tiny one, videos generated
+            extra = ["--resume", ckpt, "--root-val", str(root / "egoschema" / "videos"),
+                     "--val-metadata", str(root / "egoschema" / "questions.json"), *tiny]
+        else:
+            extra = [*data[entry["ours"]], *tiny]
+        engine = ENGINES[entry["ours"]]()
+        summary = loop.run(engine, [*argv, *extra])
+        assert summary["status"] in ("finished", "evaluated"), name
+        out = Path(summary["output_dir"])
+        assert out.parts[0] == "work_dirs"  # the line's own --output-dir
+        config = yaml.safe_load((out / "config.yaml").read_text())
+        if name.endswith("egoschema"):
+            assert summary["metrics"]["questions"] == 1
+        else:
+            assert config["fused_decode_crop"] and config["epochs"] == 1 and config["clip_length"] == 2
+            assert config["use_bf16"] == ("--use-bf16" in argv) and config["fix_lr"] == ("--fix-lr" in argv)
+        if "cls" in name:
+            assert config["optimizer"] == "sgd" and config["wd"] == 5e-4
+        if "mir_bs512_timesformer" in name:
+            assert config["use_zero"]
