@@ -105,11 +105,14 @@ def test_absent_reference_paths(tmp_path, monkeypatch):
     errors, notes = check_reference_paths(args, "pretrain")
     assert len(errors) == 2 and "datasets/Ego4D/videos_320px_15sec/ not found" in errors[0]
     assert "--root" in errors[0] and "chunks" in errors[0] and "--train-metadata" in errors[1]
-    assert args.root_val is None and args.val_metadata is None and len(notes) == 1  # training without evaluation
+    assert len(notes) == 1 and "no evaluation during training" in notes[0]
     (tmp_path / "datasets/Ego4D/videos_320px_15sec").mkdir(parents=True)
     (tmp_path / "datasets/Ego4D/ego4d_train.pkl").write_bytes(b"")
     assert check_reference_paths(_args(PretrainEngine(), []), "pretrain")[0] == []
-    errors, _ = check_reference_paths(_args(PretrainEngine(), ["--evaluate"]), "pretrain")
+    (tmp_path / "datasets").rename(tmp_path / "moved")
+    errors, _ = check_reference_paths(_args(PretrainEngine(), ["--evaluate"]), "pretrain")  # no training data needed
     assert len(errors) == 2 and "--root-val" in errors[0] and "--val-metadata" in errors[1]
+    errors, _ = check_reference_paths(_args(RetrievalEngine(), ["--evaluate"]), "finetune_retrieval")
+    assert len(errors) == 2 and "--root" in errors[0] and "--val-metadata" in errors[1]
     explicit = _args(PretrainEngine(), ["--root", "elsewhere"])  # a path you give is checked by the dataset
     assert all("elsewhere" not in e for e in check_reference_paths(explicit, "pretrain")[0])

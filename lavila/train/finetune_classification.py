@@ -28,6 +28,7 @@ from lavila.train.engine_utils import (
     video_dataset_kwargs,
     video_to_device,
 )
+from lavila.train.flags import absent_reference_default
 from lavila.train.loop import Engine, TrainingError
 from lavila.train.losses import ClassificationLoss
 from lavila.train.mixup import VideoMixup
@@ -88,7 +89,7 @@ class ClassificationEngine(Engine):
         elif saved.is_file():
             vocab = ActionVocabulary.load(saved)
         else:
-            csvs = [p for p in (args.train_metadata, args.val_metadata) if p]
+            csvs = [p for p in (args.train_metadata, args.val_metadata) if p and not absent_reference_default(p)]
             if not csvs:
                 raise TrainingError("classification needs the action vocabulary: pass --train-metadata and "
                                     "--val-metadata (or --actions FILE.json)")
@@ -112,7 +113,7 @@ class ClassificationEngine(Engine):
             train = EK100CLSDataset(args.root, args.train_metadata, self.vocab, is_training=True,
                                     on_error=args.skip_policy, **train_video_kwargs(args))
         val = EK100CLSDataset(args.root, args.val_metadata, self.vocab, is_training=False, **common) \
-            if args.val_metadata else None
+            if args.val_metadata and not absent_reference_default(args.val_metadata) else None
         return train, val
 
     def build_model(self, args: argparse.Namespace) -> nn.Module:

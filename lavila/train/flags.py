@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 import yaml
@@ -135,6 +136,15 @@ DATA_LAYOUT = {
                       "EK100: the EPIC-KITCHENS-100 annotation CSV)",
     "val_metadata": "the EPIC-KITCHENS-100 annotation CSV (or the EgoSchema questions JSON)",
 }
+_ALL_REFERENCE_PATHS = {p for paths in REFERENCE_DATA_PATHS.values() for p in paths.values()}
+
+
+def absent_reference_default(value: str | None) -> bool:
+    """True for one of the reference's default data paths (``datasets/...``) that does not exist here: the
+    engines then run without that evaluation set (a training path the run needs is an error, train.startup)."""
+    return value in _ALL_REFERENCE_PATHS and not os.path.exists(value)
+
+
 DATA_FLAGS = {"root": "--root", "root_val": "--root-val", "train_metadata": "--train-metadata",
               "val_metadata": "--val-metadata"}
 

@@ -8,7 +8,8 @@ from typing import Any
 
 from lavila.train.flags import DATA_FLAGS, DATA_LAYOUT, REFERENCE_DATA_PATHS, parse_overrides
 
-_TRAIN_ONLY = ("train_metadata",)
+# paths only training reads (pretraining evaluates from --root-val; the fine-tuning engines read --root for both)
+_TRAIN_ONLY = {"pretrain": ("root", "train_metadata")}
 _EVAL_ONLY = ("val_metadata", "root_val")
 
 
@@ -41,7 +42,8 @@ def check_reference_paths(args: argparse.Namespace, engine_name: str) -> tuple[l
     """Data flags still at the reference's default path (``datasets/...``) that do not exist here.
 
     Returns ``(errors, notes)``: a path the run needs gives an error naming the path, its layout and the flag; an
-    evaluation path only a training run would use is set to None (training runs without evaluation) with a note.
+    evaluation path of a training run gives a note (the engines skip that evaluation set:
+    :func:`lavila.train.flags.absent_reference_default`); the values themselves are left as they are.
     """
     errors, dropped = [], []
     for dest, default in REFERENCE_DATA_PATHS.get(engine_name, {}).items():
@@ -50,9 +52,8 @@ def check_reference_paths(args: argparse.Namespace, engine_name: str) -> tuple[l
             continue
         flag = DATA_FLAGS[dest]
         if dest in _EVAL_ONLY and not args.evaluate:
-            setattr(args, dest, None)
             dropped.append(f"{flag} {value}")
-        elif not (dest in _TRAIN_ONLY and args.evaluate):
+        elif not (dest in _TRAIN_ONLY.get(engine_name, ("train_metadata",)) and args.evaluate):
             errors.append(f"{value} not found: {flag} defaults to the reference's path, which should hold "
                           f"{DATA_LAYOUT[dest]}; put the data there or pass {flag} PATH")
     notes = [f"no evaluation during training: the reference's default {' and '.join(dropped)} not found; pass "
