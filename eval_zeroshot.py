@@ -206,10 +206,10 @@ def _table(results: dict[str, dict[str, float]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Known errors (flags, checkpoints, data) end with one ``error:`` line and status 2 (``--debug``: traceback)."""
-    from lavila.train.errors import known_errors
+    from lavila.train.errors import describe_error, known_errors
     from lavila.utils.cli import run_main
 
-    return run_main(lambda: evaluate(argv), (*known_errors(), EvalError), argv)
+    return run_main(lambda: evaluate(argv), (*known_errors(), EvalError), argv, describe_error)
 
 
 def evaluate(argv: list[str] | None = None) -> int:

@@ -147,6 +147,17 @@ def test_eval_zeroshot_bad_checkpoint_and_bad_flags(tmp_path, random_bytes, caps
     _one_error_line(code, err, "nothing to evaluate", "--mir-metadata")
 
 
+def test_video_that_cannot_be_read_in_evaluation(tmp_path_factory, tmp_path, capsys):
+    p = paths(synthetic_root(tmp_path_factory))
+    empty = tmp_path / "videos"
+    empty.mkdir()
+    argv = ["--model", "CLIP_TimeSformerB16", "--model-overrides", "embed_dim=32", "depth=1", "num_heads=2",
+            "text_width=32", "text_layers=1", "text_heads=2", "img_size=32", "num_frames=2", "--mir-root", str(empty),
+            "--mir-metadata", p["mir_test"], "--output-dir", str(tmp_path / "out"), "--device", "cpu"]
+    code, _, err = _run_script("eval_zeroshot.py", argv, capsys)
+    _one_error_line(code, err, str(empty / "P02_01"), "--video-chunk-length")
+
+
 def test_debug_flag_and_env_show_the_traceback(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(TrainingError, match="datasets/Ego4D"):

@@ -39,6 +39,6 @@ def describe_error(exc: BaseException) -> str:
     from lavila.data.video import VideoDecodeError
 
     if isinstance(exc, (SampleSkippedError, VideoDecodeError)):
-        return (f"{_last_line(exc)} (--skip-policy raise stops at the first unreadable sample; fix or remove it, or "
-                "use --skip-policy skip to skip and count them)")
+        return (f"{_last_line(exc)} (fix or remove that file; evaluation needs every sample, training with "
+                "--skip-policy raise stops at the first unreadable one and --skip-policy skip skips and counts them)")
     return str(exc)

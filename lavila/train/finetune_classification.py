@@ -50,8 +50,8 @@ class ClassificationEngine(Engine):
         g.add_argument("--actions", default=None,
                        help="action vocabulary JSON (default: built from --train-metadata + --val-metadata)")
         g.add_argument("--num-classes", type=int, default=None, help="must match the vocabulary (3806 on EK100)")
-        g.add_argument("--num-crops", type=int, default=1, help="accepted for compatibility (one crop)")
-        g.add_argument("--num-clips", type=int, default=1, help="accepted for compatibility (one clip)")
+        g.add_argument("--num-crops", type=int, default=1, help="accepted; no effect (one crop, as the reference)")
+        g.add_argument("--num-clips", type=int, default=1, help="accepted; no effect (one clip, as the reference)")
         g.add_argument("--dropout-rate", type=float, default=0.5)
         g.add_argument("--mixup", type=float, default=0.8)
         g.add_argument("--cutmix", type=float, default=1.0)
