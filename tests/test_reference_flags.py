@@ -11,6 +11,7 @@ import torch
 from lavila.models import create_model
 from lavila.models.vit import PatchDropout
 from lavila.train import loop
+from lavila.train.finetune_classification import ClassificationEngine
 from lavila.train.finetune_retrieval import RetrievalEngine
 from lavila.train.flags import REFERENCE_DATA_PATHS, no_effect_notes
 from lavila.train.pretrain import PretrainEngine
@@ -97,6 +98,11 @@ def test_reference_default_paths_are_the_defaults(engine):
     args = _args(engine, [])
     for dest, path in REFERENCE_DATA_PATHS[engine.name].items():
         assert getattr(args, dest) == path and path.startswith("datasets/")
+
+
+def test_clip_stride_defaults_are_the_reference_engines():
+    engines = (PretrainEngine(), RetrievalEngine(), ClassificationEngine())
+    assert [_args(e, []).clip_stride for e in engines] == [16, 4, 2]
 
 
 def test_absent_reference_paths(tmp_path, monkeypatch):

@@ -136,6 +136,9 @@ DATA_LAYOUT = {
                       "EK100: the EPIC-KITCHENS-100 annotation CSV)",
     "val_metadata": "the EPIC-KITCHENS-100 annotation CSV (or the EgoSchema questions JSON)",
 }
+# Other defaults of the reference engines that differ per engine (flags without effect here; shown as the reference).
+REFERENCE_DEFAULTS: dict[str, dict[str, Any]] = {"pretrain": {"clip_stride": 16},
+                                                 "finetune_classification": {"clip_stride": 2}}
 _ALL_REFERENCE_PATHS = {p for paths in REFERENCE_DATA_PATHS.values() for p in paths.values()}
 
 

@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lavila.config import ArgumentParser, config_yaml, parse_args, resolved_config, save_resolved_config
 from lavila.train.errors import NonFiniteLossError, TrainingError, describe_error, known_errors
-from lavila.train.flags import REFERENCE_DATA_PATHS, no_effect_notes, parse_overrides
+from lavila.train.flags import REFERENCE_DATA_PATHS, REFERENCE_DEFAULTS, no_effect_notes, parse_overrides
 from lavila.train.optim import build_optimizer
 from lavila.train.sampler import PerSampleSeededDataset, ResumableDistributedSampler
 from lavila.train.schedule import cosine_scheduler, set_lr
@@ -208,6 +208,7 @@ def build_parser(engine: Engine) -> argparse.ArgumentParser:
     add_common_args(parser, **engine.defaults)
     engine.add_args(parser)
     parser.set_defaults(**REFERENCE_DATA_PATHS.get(engine.name, {}))  # the reference's datasets/... layout
+    parser.set_defaults(**REFERENCE_DEFAULTS.get(engine.name, {}))
     return parser
 
 
