@@ -22,14 +22,18 @@ from typing import Any
 
 import torch
 
-from lavila.config import parse_args
+from lavila.config import ArgumentParser, config_yaml, parse_args
 from lavila.utils import distributed as du
 
 TASKS = ("mir", "cls", "egoschema")
 
 
+class EvalError(ValueError):
+    """A flag combination this script cannot run (reported as one ``error:`` line)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     m = p.add_argument_group("model")
     m.add_argument("--resume", "--checkpoint", dest="resume", default="",
                    help="checkpoint: local path, URL or zoo name (see docs/MODEL_ZOO.md)")
@@ -101,12 +105,12 @@ def build_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, An
                                                        model_name=args.model, **overrides)
     else:
         if not args.model:
-            raise SystemExit("error: give --resume CHECKPOINT or --model NAME")
+            raise EvalError("give --resume CHECKPOINT or --model NAME")
         torch.manual_seed(args.seed)  # the same random weights on every rank
         model = create_model(args.model, **overrides)
     if not hasattr(model, "encode_text"):
-        raise SystemExit("error: zero-shot evaluation needs a CLIP dual encoder; this checkpoint is a classifier "
-                         "(evaluate it with main_finetune_classification.py --evaluate)")
+        raise EvalError("zero-shot evaluation needs a CLIP dual encoder; this checkpoint is a classifier "
+                        "(evaluate it with main_finetune_classification.py --evaluate)")
     config = getattr(model, "config", {}) or {}
     info = {
         "model": config.get("name", args.model),
@@ -133,7 +137,7 @@ def run_mir(args: argparse.Namespace, model: torch.nn.Module, info: dict[str, An
     from lavila.evaluation.relevancy import resolve_relevancy
 
     if not args.mir_root:
-        raise SystemExit("error: --mir-metadata needs --mir-root (the EK100 video folder)")
+        raise EvalError("--mir-metadata needs --mir-root (the EK100 video folder)")
     dataset = EK100MIRDataset(args.mir_root, args.mir_metadata, is_training=False, sentence_path=args.mir_sentences,
                               num_frames=info["num_frames"], chunk_len=args.video_chunk_length, crop_size=info["crop"],
                               norm=info["norm"], context_length=info["context_length"], backend=args.video_backend)
@@ -154,7 +158,7 @@ def run_cls(args: argparse.Namespace, model: torch.nn.Module, info: dict[str, An
 
     root = args.cls_root or args.mir_root
     if not root:
-        raise SystemExit("error: --cls-metadata needs --cls-root (the EK100 video folder)")
+        raise EvalError("--cls-metadata needs --cls-root (the EK100 video folder)")
     if args.cls_vocab:
         vocab = ActionVocabulary.load(args.cls_vocab)
     else:
@@ -179,7 +183,7 @@ def run_egoschema(args: argparse.Namespace, model: torch.nn.Module, info: dict[s
     from lavila.evaluation import egoschema, zeroshot
 
     if not args.egoschema_root:
-        raise SystemExit("error: --egoschema-questions needs --egoschema-root (folder of <q_uid>.mp4)")
+        raise EvalError("--egoschema-questions needs --egoschema-root (folder of <q_uid>.mp4)")
     answers = egoschema.load_answers(args.egoschema_answers) if args.egoschema_answers else None
     dataset = EgoSchemaDataset(args.egoschema_root, args.egoschema_questions, num_frames=info["num_frames"],
                                crop_size=info["crop"], norm=info["norm"], context_length=info["context_length"],
@@ -201,6 +205,14 @@ def _table(results: dict[str, dict[str, float]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Known errors (flags, checkpoints, data) end with one ``error:`` line and status 2 (``--debug``: traceback)."""
+    from lavila.train.errors import describe_error, known_errors
+    from lavila.utils.cli import run_main
+
+    return run_main(lambda: evaluate(argv), (*known_errors(), EvalError), argv, describe_error)
+
+
+def evaluate(argv: list[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
     requested = set(args.tasks or [])
     given = {"mir": args.mir_metadata, "cls": args.cls_metadata, "egoschema": args.egoschema_questions}
@@ -209,7 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     if missing or not tasks:
         flags = {"mir": "--mir-metadata", "cls": "--cls-metadata", "egoschema": "--egoschema-questions"}
         need = missing or list(TASKS)
-        raise SystemExit("error: nothing to evaluate: give " + " / ".join(flags[t] for t in need))
+        raise EvalError("nothing to evaluate: give " + " / ".join(flags[t] for t in need))
+    from lavila.models import list_models
+
+    if args.model and args.model not in list_models():
+        raise EvalError(f"--model {args.model!r} is not a known model; choose one of {', '.join(list_models())}")
+    if args.print_config:  # validated; nothing is read or built
+        sys.stdout.write(config_yaml(args))
+        return 0
     info_dist = du.init_distributed(args.device)
     try:
         device = info_dist.device

@@ -4,13 +4,15 @@
 on the command line still wins. YAML keys may be written like the flags (``batch-size``) or like their destinations
 (``batch_size``). An unknown key or a value of the wrong type is an error that names the key (and, for an unknown key,
 the nearest valid flag). ``save_resolved_config`` writes the final values to ``<output-dir>/config.yaml`` so every run
-can be repeated with ``--config <output-dir>/config.yaml``.
+can be repeated with ``--config <output-dir>/config.yaml``; ``--print-config`` (added to every parser here) prints the
+same YAML and stops. ``ArgumentParser`` reports a bad flag or value as one line ``error: ...`` (exit status 2).
 """
 from __future__ import annotations
 
 import argparse
 import difflib
 import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,15 +21,27 @@ import yaml
 CONFIG_FILE_NAME = "config.yaml"
 
 
+# flags that steer this invocation only: never read from a YAML file, never written to config.yaml
+RUN_ONLY_KEYS = ("config", "print_config", "debug")
+
+
 class ConfigError(ValueError):
     """A config file that cannot be applied to the parser (unknown key, wrong type, unreadable YAML)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors are one line ``error: <message>`` and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"error: {message} (run with --help to list the flags)\n")
+        sys.exit(2)
 
 
 def _option_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     """Map every accepted YAML key spelling (dest, long flag with/without dashes) to its action."""
     table: dict[str, argparse.Action] = {}
     for action in parser._actions:  # argparse has no public accessor for the registered actions
-        if isinstance(action, argparse._HelpAction) or action.dest in (argparse.SUPPRESS, "config"):
+        if isinstance(action, argparse._HelpAction) or action.dest in (argparse.SUPPRESS, *RUN_ONLY_KEYS):
             continue
         table[action.dest] = action
         for opt in action.option_strings:
@@ -80,7 +94,7 @@ def _convert_value(key: str, value: Any, action: argparse.Action) -> Any:
         items = list(value) if isinstance(value, (list, tuple)) else [value]
         if isinstance(action.nargs, int) and len(items) != action.nargs:
             raise ConfigError(f"config key '{key}': {flag} takes {action.nargs} values, got {len(items)}: {value!r}")
-        if action.nargs == "+" and not items:
+        if action.nargs == "+" and not items and action.default:  # an empty default (e.g. []) round-trips
             raise ConfigError(f"config key '{key}': {flag} needs at least one value")
         converted = [_convert_scalar(key, v, action) for v in items]
         for v in converted:
@@ -131,11 +145,22 @@ def apply_config(parser: argparse.ArgumentParser, config: dict[str, Any], source
     parser.set_defaults(**defaults)
 
 
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """``--config``, ``--print-config`` and ``--debug`` (once per parser)."""
+    if any("--config" in a.option_strings for a in parser._actions):
+        return
+    parser.add_argument("--config", default=None, metavar="FILE.yaml",
+                        help="YAML file of flag values (keys like 'batch-size' or 'batch_size'); flags override it")
+    parser.add_argument("--print-config", action="store_true",
+                        help="check every flag and config value, print the resolved configuration as YAML (what "
+                             "<output-dir>/config.yaml gets) and exit without reading data or building a model")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a known error instead of one 'error:' line (or LAVILA_DEBUG=1)")
+
+
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse ``argv`` with ``--config FILE.yaml`` values as defaults; explicit flags override the file."""
-    if not any("--config" in a.option_strings for a in parser._actions):
-        parser.add_argument("--config", default=None, metavar="FILE.yaml",
-                            help="YAML file of flag values (keys like 'batch-size' or 'batch_size'); flags override it")
+    add_run_flags(parser)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
@@ -161,7 +186,12 @@ def _plain(value: Any) -> Any:
 
 def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
     """The run's flag values as plain YAML/JSON types (what checkpoints store as ``args``)."""
-    return {k: _plain(v) for k, v in sorted(vars(args).items()) if k != "config"}
+    return {k: _plain(v) for k, v in sorted(vars(args).items()) if k not in RUN_ONLY_KEYS}
+
+
+def config_yaml(args: argparse.Namespace) -> str:
+    """:func:`resolved_config` as the YAML text of ``config.yaml`` (and of ``--print-config``)."""
+    return yaml.safe_dump(resolved_config(args), sort_keys=True, default_flow_style=False)
 
 
 def save_resolved_config(args: argparse.Namespace, output_dir: str | os.PathLike) -> Path | None:
@@ -174,6 +204,6 @@ def save_resolved_config(args: argparse.Namespace, output_dir: str | os.PathLike
     out.mkdir(parents=True, exist_ok=True)
     path = out / CONFIG_FILE_NAME
     tmp = path.with_name(f".{CONFIG_FILE_NAME}.tmp.{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(resolved_config(args), sort_keys=True, default_flow_style=False))
+    tmp.write_text(config_yaml(args))
     os.replace(tmp, path)
     return path

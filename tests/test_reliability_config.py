@@ -82,7 +82,7 @@ def test_missing_metadata_fails_before_the_model(data, tmp_path, no_model):
 def test_entry_point_reports_missing_root_in_one_line(data, tmp_path, no_model):
     argv = pretrain_args(data, tmp_path, "--batch-size", "4")
     argv[argv.index("--root") + 1] = str(tmp_path / "nowhere")
-    assert loop.main(PretrainEngine(), argv) == 1
+    assert loop.main(PretrainEngine(), argv) == 2
 
 
 def test_bad_numeric_flags_fail_before_the_model(data, tmp_path, no_model):

@@ -57,14 +57,14 @@ def test_rendezvous_timeout_from_env_and_default(monkeypatch):
 
 
 def test_engine_with_stale_rank_env_exits_fast(monkeypatch, tmp_path_factory, tmp_path):
-    """A stale RANK/WORLD_SIZE (e.g. leaked by another test) makes the entry point fail in seconds, with code 1."""
+    """A stale RANK/WORLD_SIZE (e.g. leaked by another test) makes the entry point fail in seconds, with code 2."""
     data = synthetic_root(tmp_path_factory)
     _clear_dist_env(monkeypatch)
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))
     t0 = time.monotonic()
-    assert loop.main(PretrainEngine(), pretrain_args(data, tmp_path, "--dist-timeout", "2")) == 1
+    assert loop.main(PretrainEngine(), pretrain_args(data, tmp_path, "--dist-timeout", "2")) == 2
     assert time.monotonic() - t0 < 20
 
 

@@ -83,12 +83,13 @@ def test_config_file_drives_the_engine(tmp_path):
     assert load_checkpoint(tmp_path / "o" / CHECKPOINT)["global_step"] == 4
 
 
-def test_main_reports_known_errors_with_status_1(tmp_path, caplog):
+def test_main_reports_known_errors_with_status_2(tmp_path, capsys):
     class Broken(_ToyEngine):
         def build_datasets(self, args):
             return None, None
 
-    assert main(Broken(), _argv(tmp_path)) == 1
+    assert main(Broken(), _argv(tmp_path)) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: no training data")
 
 
 class _Unreadable(_Points):
@@ -106,19 +107,19 @@ class _Dropped(_Points):
 
 
 @pytest.mark.parametrize("dataset, workers", [(_Dropped, "0"), (_Unreadable, "0"), (_Unreadable, "1")])
-def test_skip_policy_raise_stops_with_one_error_line(tmp_path, caplog, capsys, dataset, workers):
+def test_skip_policy_raise_stops_with_one_error_line(tmp_path, capsys, dataset, workers):
     class Strict(_ToyEngine):
         def build_datasets(self, args):
             return dataset(), None
 
     argv = [a for a in _argv(tmp_path) if a not in ("--workers", "0")]
-    assert main(Strict(), [*argv, "--workers", workers, "--skip-policy", "raise"]) == 1
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert main(Strict(), [*argv, "--workers", workers, "--skip-policy", "raise"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("error: ") and "--skip-policy" in errors[0]
-    assert "\n" not in errors[0] and "Traceback" not in errors[0]
+    assert "Traceback" not in err
     if dataset is _Unreadable:
         assert "cannot decode video /data/broken.mp4: file not found" in errors[0]
-    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_resumable_sampler_shards_pads_and_skips():

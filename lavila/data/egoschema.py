@@ -18,6 +18,7 @@ import os
 
 import torch
 
+from lavila.data.annotations import load_json
 from lavila.data.clips import ClipDataset
 from lavila.data.tokenizer import tokenize
 from lavila.data.video import VideoDecodeError
@@ -28,8 +29,7 @@ __all__ = ["load_questions", "load_answers", "option_prompts", "EgoSchemaDataset
 def load_questions(path: str | os.PathLike) -> list[dict]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"EgoSchema questions file {path} not found (check --val-metadata)")
-    with open(path) as f:
-        questions = json.load(f)
+    questions = load_json(path)
     if isinstance(questions, dict):
         questions = list(questions.values())
     for i, q in enumerate(questions):

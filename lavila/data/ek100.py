@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lavila.data.annotations import AnnotationError, parse_column, read_csv
 from lavila.data.clips import ClipDataset
 from lavila.data.tokenizer import tokenize
 
@@ -61,15 +62,15 @@ def read_ek100_csv(path: str | os.PathLike, require_labels: bool = True) -> pd.D
     path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"EK100 annotation file {path} not found (check --train-metadata / --val-metadata)")
-    df = pd.read_csv(path)
+    df = read_csv(path)
     need = ["narration_id", "video_id", "start_timestamp", "stop_timestamp", "narration"]
     if require_labels:
         need += ["verb_class", "noun_class"]
     missing = [c for c in need if c not in df.columns]
     if missing:
-        raise ValueError(f"{path} lacks EK100 column(s) {missing}; found {list(df.columns)}")
-    df["start_sec"] = [timestamp_to_seconds(v) for v in df["start_timestamp"]]
-    df["stop_sec"] = [timestamp_to_seconds(v) for v in df["stop_timestamp"]]
+        raise AnnotationError(f"{path} lacks EK100 column(s) {missing}; found {list(df.columns)}")
+    df["start_sec"] = parse_column(df, "start_timestamp", timestamp_to_seconds, path, "HH:MM:SS.ff")
+    df["stop_sec"] = parse_column(df, "stop_timestamp", timestamp_to_seconds, path, "HH:MM:SS.ff")
     df["narration"] = df["narration"].astype(str)
     return df
 

@@ -12,7 +12,7 @@ from torch import nn
 
 _TEXT = {"text_width": 512, "text_layers": 12, "text_heads": 8, "vocab_size": 49408, "context_length": 77}
 _COMMON = {"img_size": 224, "patch_size": 16, "mlp_ratio": 4.0, "project_embed_dim": 256, "drop_path_rate": 0.0,
-           "freeze_temperature": True, "dropout_rate": 0.5, **_TEXT}
+           "patch_dropout": 0.0, "freeze_temperature": True, "dropout_rate": 0.5, **_TEXT}
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
@@ -49,7 +49,7 @@ MODELS: dict[str, dict[str, Any]] = {
 
 OVERRIDES = ("embed_dim", "depth", "num_heads", "mlp_ratio", "img_size", "patch_size", "num_frames",
              "project_embed_dim", "drop_path_rate", "text_width", "text_layers", "text_heads", "vocab_size",
-             "context_length", "freeze_temperature", "dropout_rate")
+             "context_length", "freeze_temperature", "dropout_rate", "patch_dropout")
 
 
 DROP_PATH_SCOPES = ("all", "reference")
@@ -100,7 +100,7 @@ def _validate(c: dict[str, Any]) -> None:
             problems.append(f"embed_dim {c['embed_dim']} is not divisible by num_heads {c['num_heads']}")
         if c["text_width"] % c["text_heads"]:
             problems.append(f"text_width {c['text_width']} is not divisible by text_heads {c['text_heads']}")
-    for key in ("drop_path_rate", "dropout_rate"):
+    for key in ("drop_path_rate", "dropout_rate", "patch_dropout"):
         if not 0.0 <= float(c[key]) < 1.0:
             problems.append(f"{key} must be in [0, 1), got {c[key]}")
     if problems:
@@ -122,7 +122,8 @@ def build_visual(config: dict[str, Any], output_dim: int | None) -> nn.Module:
         from lavila.models.vit import VisionTransformer
 
         return VisionTransformer(width=config["embed_dim"], layers=config["depth"], heads=config["num_heads"],
-                                 mlp_ratio=config["mlp_ratio"], fast_conv1=config["fast_conv1"], **common)
+                                 mlp_ratio=config["mlp_ratio"], fast_conv1=config["fast_conv1"],
+                                 patch_dropout=config.get("patch_dropout", 0.0), **common)
     if tower == "vivim":
         from lavila.models.vivim import ViViM
 

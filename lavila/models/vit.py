@@ -40,17 +40,38 @@ class VisionTransformerLayers(nn.Module):
         return x
 
 
+class PatchDropout(nn.Module):
+    """Training-time random subset of the patch tokens (https://arxiv.org/abs/2212.00794), as the reference ViT:
+    each sample keeps ``max(1, int(N * (1 - prob)))`` of its N patch tokens; the class token is always kept."""
+
+    def __init__(self, prob: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= prob < 1.0:
+            raise ValueError(f"patch dropout must be in [0, 1), got {prob} (--patch-dropout)")
+        self.prob = prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (B, N, W) patch tokens without the class token."""
+        if not self.training or self.prob == 0.0:
+            return x
+        b, n, _ = x.shape
+        keep = max(1, int(n * (1.0 - self.prob)))
+        index = torch.randn(b, n, device=x.device).topk(keep, dim=-1).indices
+        return x[torch.arange(b, device=x.device)[:, None], index]
+
+
 class VisionTransformer(nn.Module):
     """``forward(video (B, 3, T, H, W)) -> (B, output_dim)`` (or ``(B, width)`` when ``image_projection`` is None).
 
     The patch embedding ``conv1`` is a bias-free ``Linear(3*p*p, W)`` on patches flattened in (channel, row, col)
     order when ``fast_conv1`` (as in the released ViT-T/S files), else the equivalent ``Conv2d``. Stochastic depth
-    uses one constant rate for every block, as the reference.
+    uses one constant rate for every block, as the reference. ``patch_dropout`` drops that fraction of the patch
+    tokens of each training clip after the position embeddings are added (:class:`PatchDropout`).
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, width: int = 768, layers: int = 12,
                  heads: int = 12, mlp_ratio: float = 4.0, num_frames: int = 1, output_dim: int | None = 256,
-                 drop_path_rate: float = 0.0, fast_conv1: bool = True) -> None:
+                 drop_path_rate: float = 0.0, fast_conv1: bool = True, patch_dropout: float = 0.0) -> None:
         super().__init__()
         if img_size % patch_size != 0:
             raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
@@ -71,6 +92,7 @@ class VisionTransformer(nn.Module):
         self.positional_embedding = nn.Parameter(torch.zeros(self.patches_per_frame + 1, width))
         if num_frames > 1:
             self.temporal_embedding = nn.Parameter(torch.zeros(num_frames, width))
+        self.patch_dropout = PatchDropout(patch_dropout)
         self.ln_pre = nn.LayerNorm(width, eps=1e-6)
         self.transformer = VisionTransformerLayers(width, layers, heads, mlp_ratio, drop_path_rate)
         self.ln_post = nn.LayerNorm(width, eps=1e-6)
@@ -111,7 +133,7 @@ class VisionTransformer(nn.Module):
         pos = self.positional_embedding[1:]
         if t > 1:
             pos = pos.repeat(t, 1) + self.temporal_embedding.repeat_interleave(self.patches_per_frame, 0)
-        x = x + pos.to(x.dtype)
+        x = self.patch_dropout(x + pos.to(x.dtype))
         cls = (self.class_embedding + self.positional_embedding[0]).to(x.dtype).expand(b, 1, -1)
         x = torch.cat([cls, x], dim=1)
         x = self.transformer(self.ln_pre(x))

@@ -73,7 +73,7 @@ def overrides_for(args: argparse.Namespace, ckpt: dict[str, Any] | None) -> tupl
     from lavila.models.convert import checkpoint_model_spec
 
     name, stored = checkpoint_model_spec(ckpt)
-    stored = {k: v for k, v in stored.items() if k not in ("num_frames", "drop_path_rate")}
+    stored = {k: v for k, v in stored.items() if k not in ("num_frames", "drop_path_rate", "patch_dropout")}
     name = name or args.model
     return name, _effective_drop_path(name, {**overrides, **stored}, args)
 

@@ -29,7 +29,7 @@ from lavila.train.engine_utils import (
     video_dataset_kwargs,
     video_to_device,
 )
-from lavila.train.flags import add_reference_switches
+from lavila.train.flags import absent_reference_default, add_reference_switches
 from lavila.train.loop import Engine, TrainingError
 from lavila.train.losses import ClassificationLoss
 from lavila.train.mixup import VideoMixup
@@ -51,8 +51,8 @@ class ClassificationEngine(Engine):
         g.add_argument("--actions", default=None,
                        help="action vocabulary JSON (default: built from --train-metadata + --val-metadata)")
         g.add_argument("--num-classes", type=int, default=None, help="must match the vocabulary (3806 on EK100)")
-        g.add_argument("--num-crops", type=int, default=1, help="accepted for compatibility (one crop)")
-        g.add_argument("--num-clips", type=int, default=1, help="accepted for compatibility (one clip)")
+        g.add_argument("--num-crops", type=int, default=1, help="accepted; no effect (one crop, as the reference)")
+        g.add_argument("--num-clips", type=int, default=1, help="accepted; no effect (one clip, as the reference)")
         g.add_argument("--dropout-rate", type=float, default=0.5)
         g.add_argument("--mixup", type=float, default=0.8)
         g.add_argument("--cutmix", type=float, default=1.0)
@@ -92,7 +92,7 @@ class ClassificationEngine(Engine):
         elif saved.is_file():
             vocab = ActionVocabulary.load(saved)
         else:
-            csvs = [p for p in (args.train_metadata, args.val_metadata) if p]
+            csvs = [p for p in (args.train_metadata, args.val_metadata) if p and not absent_reference_default(p)]
             if not csvs:
                 raise TrainingError("classification needs the action vocabulary: pass --train-metadata and "
                                     "--val-metadata (or --actions FILE.json)")
@@ -116,7 +116,7 @@ class ClassificationEngine(Engine):
             train = EK100CLSDataset(args.root, args.train_metadata, self.vocab, is_training=True,
                                     on_error=args.skip_policy, **train_video_kwargs(args))
         val = EK100CLSDataset(args.root, args.val_metadata, self.vocab, is_training=False, **common) \
-            if args.val_metadata else None
+            if args.val_metadata and not absent_reference_default(args.val_metadata) else None
         return train, val
 
     def build_model(self, args: argparse.Namespace) -> nn.Module:

@@ -24,7 +24,7 @@ from lavila.train.engine_utils import (
     video_dataset_kwargs,
     video_to_device,
 )
-from lavila.train.flags import add_reference_switches
+from lavila.train.flags import absent_reference_default, add_reference_switches
 from lavila.train.loop import Engine, TrainingError
 from lavila.train.losses import MaxMarginRankingLoss
 
@@ -64,7 +64,7 @@ class RetrievalEngine(Engine):
                                     relevancy_path=args.train_relevancy_path, on_error=args.skip_policy,
                                     **{**common, **train_video_kwargs(args)})
         val = None
-        if args.val_metadata:
+        if args.val_metadata and not absent_reference_default(args.val_metadata):
             val = EK100MIRDataset(args.root, args.val_metadata, is_training=False, **common)
             self.relevancy = mir_relevancy(val, args.relevancy_path)
         return train, val

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 import yaml
@@ -35,20 +36,22 @@ def add_common_args(parser: argparse.ArgumentParser, *, clip_length: int, epochs
     data.add_argument("--output-dir", default="./", help="checkpoints, config.yaml, metrics.jsonl go here")
     data.add_argument("--video-chunk-length", type=float, default=15, help="seconds per video chunk file")
     data.add_argument("--clip-length", type=int, default=clip_length, help="frames per clip (= model frames)")
-    data.add_argument("--clip-stride", type=int, default=4, help="accepted for compatibility; unused upstream")
+    data.add_argument("--clip-stride", type=int, default=4, help="accepted; no effect (unused by the reference too)")
     data.add_argument("--input-size", type=int, default=224, help="crop size (224; 336 for *_336PX)")
     data.add_argument("--norm-style", default="openai", choices=["openai", "timm"])
     _bool_pair(data, "fused-decode-crop", False, "scale whole frames in the decoder instead of resizing the crop "
               "(slower with stock decord, see docs/DATA.md; deterministic like the default path, but its pixels "
-              "differ slightly from it, so do not switch it when resuming a run)")
-    data.add_argument("--decode-threads", type=int, default=1)
+              "differ slightly from it, so do not switch it when resuming a run). The reference's flag instead "
+              "crops inside its patched decord and normalises on the GPU; the same clips up to resampling")
+    data.add_argument("--decode-threads", type=int, default=1, help="decoder threads per clip (decord / PyAV)")
     data.add_argument("--video-backend", default="auto", choices=["auto", "decord", "pyav"],
                       help="decoder; auto: PyAV on constant-frame-rate files (it seeks there), else decord, "
                       "each falling back to the other on a file it cannot read")
     data.add_argument("-j", "--workers", type=int, default=8, help="DataLoader worker processes per rank")
     data.add_argument("--skip-policy", default="skip", choices=["skip", "raise"],
                       help="unreadable training sample: skip and count it, or stop with its path")
-    data.add_argument("--use-multi-epochs-loader", action="store_true", help="accepted for compatibility")
+    data.add_argument("--use-multi-epochs-loader", action="store_true",
+                      help="accepted; no effect here (see the start-up note)")
 
     model = parser.add_argument_group("model")
     model.add_argument("--model", default="CLIP_VITB16", help="model name (lavila.models.list_models())")
@@ -58,7 +61,8 @@ def add_common_args(parser: argparse.ArgumentParser, *, clip_length: int, epochs
     _bool_pair(model, "use-fast-conv1", False, "ViT patch embedding as Linear", off="--disable-fast-conv1")
     _bool_pair(model, "use-flash-attn", False, "flash-attn kernels when installed (SDPA otherwise)",
                off="--disable-flash-attn")
-    model.add_argument("--patch-dropout", type=float, default=0.0)
+    model.add_argument("--patch-dropout", type=float, default=0.0,
+                       help="fraction of patch tokens dropped per training clip (ViT towers, as the reference)")
     model.add_argument("--drop-path-rate", type=float, default=drop_path_rate)
     model.add_argument("--pretrain-zoo", default="openai", choices=["openai", "open_clip", "lavila", "deit", "none"])
     model.add_argument("--pretrain-path", default=None,
@@ -88,7 +92,10 @@ def add_common_args(parser: argparse.ArgumentParser, *, clip_length: int, epochs
     optim.add_argument("--grad-clip-norm", type=float, default=None)
     optim.add_argument("--disable-amp", action="store_true", help="fp32 on CUDA (CPU always runs fp32)")
     optim.add_argument("--use-bf16", action="store_true", help="bf16 autocast instead of fp16 + GradScaler")
-    optim.add_argument("--use-zero", action="store_true", help="accepted for compatibility; not supported")
+    optim.add_argument("--use-zero", action="store_true",
+                       help="shard the optimizer state over the processes (torch ZeroRedundancyOptimizer); "
+                            "checkpoints hold the consolidated state and resume with or without it")
+    optim.add_argument("--no-use-zero", dest="use_zero", action="store_false", help="disable --use-zero")
 
     run = parser.add_argument_group("run")
     run.add_argument("--eval-freq", type=int, default=1)
@@ -143,3 +150,65 @@ def add_reference_switches(parser: argparse.ArgumentParser, engine: str) -> None
         g.add_argument("--cutmix-variant", default="hw", choices=CUTMIX_VARIANTS,
                        help="hw: cut a box over H x W of every frame; reference: timm's image CutMix on 5-D clips, "
                        "box drawn on H x W but pasted over T x H (lambda from the H x W box)")
+
+
+# ---- the reference's command lines (issue 15, part B): data-path defaults, flags without effect here ----------
+
+_EK100_ANN = "datasets/EK100/epic-kitchens-100-annotations"
+# The reference engines' default data paths (relative to the working directory, as there).
+REFERENCE_DATA_PATHS: dict[str, dict[str, str]] = {
+    "pretrain": {"root": "datasets/Ego4D/videos_320px_15sec/", "train_metadata": "datasets/Ego4D/ego4d_train.pkl",
+                 "root_val": "datasets/EK100/EK100_320p_15sec/",
+                 "val_metadata": f"{_EK100_ANN}/retrieval_annotations/EPIC_100_retrieval_test.csv"},
+    "finetune_retrieval": {"root": "datasets/EK100/EK100_256p_15sec/",
+                           "train_metadata": f"{_EK100_ANN}/retrieval_annotations/EPIC_100_retrieval_train.csv",
+                           "val_metadata": f"{_EK100_ANN}/retrieval_annotations/EPIC_100_retrieval_test.csv"},
+    "finetune_classification": {"root": "datasets/EK100/EK100_256p_15sec/",
+                                "train_metadata": f"{_EK100_ANN}/EPIC_100_train.csv",
+                                "val_metadata": f"{_EK100_ANN}/EPIC_100_validation.csv"},
+}
+_CHUNKS = "a folder of videos cut in --video-chunk-length second chunks (<video_id>/0000.mp4 or <video_id>.mp4/0.mp4)"
+DATA_LAYOUT = {
+    "root": _CHUNKS, "root_val": _CHUNKS,
+    "train_metadata": "the training annotations (Ego4D: the LaViLa .pkl list of (video_uid, start, end, narration); "
+                      "EK100: the EPIC-KITCHENS-100 annotation CSV)",
+    "val_metadata": "the EPIC-KITCHENS-100 annotation CSV (or the EgoSchema questions JSON)",
+}
+# Other defaults of the reference engines that differ per engine (flags without effect here; shown as the reference).
+REFERENCE_DEFAULTS: dict[str, dict[str, Any]] = {"pretrain": {"clip_stride": 16},
+                                                 "finetune_classification": {"clip_stride": 2}}
+_ALL_REFERENCE_PATHS = {p for paths in REFERENCE_DATA_PATHS.values() for p in paths.values()}
+
+
+def absent_reference_default(value: str | None) -> bool:
+    """True for one of the reference's default data paths (``datasets/...``) that does not exist here: the
+    engines then run without that evaluation set (a training path the run needs is an error, train.startup)."""
+    return value in _ALL_REFERENCE_PATHS and not os.path.exists(value)
+
+
+DATA_FLAGS = {"root": "--root", "root_val": "--root-val", "train_metadata": "--train-metadata",
+              "val_metadata": "--val-metadata"}
+
+# Flags that change nothing here, and why (one start-up line each when set).
+NO_EFFECT = {
+    "use_flash_attn": "attention always runs through torch scaled_dot_product_attention, which picks the flash "
+                      "kernel itself where the GPU supports it",
+    "use_fast_conv1": "the patch embedding's form (Linear or Conv2d, the same function) is fixed per model, as "
+                      "the released checkpoints store it",
+    "use_multi_epochs_loader": "DataLoader workers restart each epoch so that every epoch's per-sample seeds reach "
+                               "them (the reference only reuses workers for speed)",
+    "clip_stride": "clips are sampled as clip-length segment midpoints over the annotated span; the reference "
+                   "never reads --clip-stride either",
+    "num_crops": "evaluation uses one centre crop (the reference's datasets ignore --num-crops too)",
+    "num_clips": "evaluation uses one clip per segment (the reference's datasets ignore --num-clips too)",
+}
+
+
+def no_effect_notes(args: argparse.Namespace, defaults: dict[str, Any], tower: str | None = None) -> list[str]:
+    """One line per flag of :data:`NO_EFFECT` set away from its default (``defaults``: the parser's), saying why;
+    and ``--patch-dropout`` on a tower other than the ViT."""
+    notes = [f"--{dest.replace('_', '-')} has no effect here: {why}" for dest, why in NO_EFFECT.items()
+             if hasattr(args, dest) and getattr(args, dest) != defaults.get(dest)]
+    if getattr(args, "patch_dropout", 0.0) > 0 and tower is not None and tower != "vit":
+        notes.append(f"--patch-dropout has no effect on the {tower} tower: the reference applies it in the ViT only")
+    return notes

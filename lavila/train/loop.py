@@ -37,6 +37,7 @@ import math
 import os
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -46,14 +47,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from lavila.config import parse_args, resolved_config, save_resolved_config
-from lavila.train.flags import parse_overrides
+from lavila.config import ArgumentParser, config_yaml, parse_args, resolved_config, save_resolved_config
+from lavila.train.errors import NonFiniteLossError, TrainingError, describe_error, known_errors
+from lavila.train.flags import REFERENCE_DATA_PATHS, REFERENCE_DEFAULTS, no_effect_notes, parse_overrides
 from lavila.train.optim import build_optimizer
 from lavila.train.sampler import PerSampleSeededDataset, ResumableDistributedSampler
 from lavila.train.schedule import cosine_scheduler, set_lr
+from lavila.train.startup import check_reference_paths, flag_problems, model_tower
 from lavila.utils import distributed as du
 from lavila.utils.checkpoint import (
-    CheckpointError,
     load_checkpoint,
     load_state_dict_strict,
     save_checkpoint,
@@ -64,14 +66,6 @@ from lavila.utils.logging import MetricLogger, get_logger, progress
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_BEST = "checkpoint_best.pt"
 LOGIT_SCALE_MAX = math.log(100.0)
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot continue (bad flags, no data, diverged)."""
-
-
-class NonFiniteLossError(TrainingError):
-    pass
 
 
 class Engine:
@@ -155,7 +149,7 @@ def _tuplify(obj: Any) -> Any:
 def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Named-config overrides from the flags: frame count, projection size, drop path, text sizes, --model-overrides."""
     out: dict[str, Any] = {"num_frames": args.clip_length, "drop_path_rate": args.drop_path_rate,
-                           "img_size": args.input_size}
+                           "img_size": args.input_size, "patch_dropout": getattr(args, "patch_dropout", 0.0)}
     for key in ("project_embed_dim", "context_length", "vocab_size"):
         if getattr(args, key, None) is not None:
             out[key] = getattr(args, key)
@@ -210,10 +204,11 @@ def _agree(flags: Sequence[float], device: torch.device) -> list[float]:
 def build_parser(engine: Engine) -> argparse.ArgumentParser:
     from lavila.train.flags import add_common_args
 
-    parser = argparse.ArgumentParser(description=engine.description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(description=engine.description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common_args(parser, **engine.defaults)
     engine.add_args(parser)
+    parser.set_defaults(**REFERENCE_DATA_PATHS.get(engine.name, {}))  # the reference's datasets/... layout
+    parser.set_defaults(**REFERENCE_DEFAULTS.get(engine.name, {}))
     return parser
 
 
@@ -285,6 +280,8 @@ def save_training_checkpoint(engine: Engine, args: argparse.Namespace, model: nn
                              best: bool = False) -> Path | None:
     """Collective (every rank gives its RNG state); rank 0 writes checkpoint.pt (and checkpoint_best.pt)."""
     rng = du.all_gather_object(rng_state())
+    if hasattr(optimizer, "consolidate_state_dict"):  # --use-zero: gather every shard's state on rank 0
+        optimizer.consolidate_state_dict(0)
     if not du.is_main_process():
         du.barrier()
         return None
@@ -333,6 +330,8 @@ def build_loader(dataset: Dataset, args: argparse.Namespace, info: du.DistInfo, 
 
     tracker = SkipTracker()
     attach_skip_tracker(dataset, tracker)
+    if hasattr(dataset, "decode_threads"):  # ClipDataset: --decode-threads reaches decord / PyAV (read per sample)
+        dataset.decode_threads = args.decode_threads
     pin_memory = info.device.type == "cuda"
     if training:
         dataset = PerSampleSeededDataset(dataset, seed=args.seed)
@@ -366,6 +365,26 @@ def run_evaluation(engine: Engine, model: nn.Module, val_loader: DataLoader, arg
     return {k: float(v) for k, v in metrics.items()}
 
 
+def build_training_optimizer(model: nn.Module, args: argparse.Namespace, info: du.DistInfo,
+                             log: Any) -> torch.optim.Optimizer:
+    """:func:`build_optimizer`; with ``--use-zero`` on several processes the same parameter groups and
+    hyper-parameters in a ``ZeroRedundancyOptimizer`` (each rank keeps the state of its shard)."""
+    optimizer = build_optimizer(model, args)
+    if not args.use_zero:
+        return optimizer
+    if not info.distributed:
+        log.info("note: --use-zero with one process: nothing to shard, the plain optimizer is used")
+        return optimizer
+    import inspect
+
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    accepted = inspect.signature(type(optimizer)).parameters  # defaults also hold internal keys
+    kwargs = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    groups = [dict(group) for group in optimizer.param_groups]
+    return ZeroRedundancyOptimizer(groups, optimizer_class=type(optimizer), **kwargs)
+
+
 def run(engine: Engine, argv: Sequence[str] | None = None, *, args: argparse.Namespace | None = None,
         preemption: PreemptionFlag | None = None, stop_after_epochs: int | None = None) -> dict[str, Any]:
     """Parse flags and run training or ``--evaluate``. Returns a summary dict (``status``, metrics, paths).
@@ -374,6 +393,13 @@ def run(engine: Engine, argv: Sequence[str] | None = None, *, args: argparse.Nam
     invocation; ``preemption`` lets a caller request a stop without a signal.
     """
     args = args if args is not None else parse_engine_args(engine, argv)
+    problems = flag_problems(args)
+    if problems:
+        raise TrainingError("; ".join(problems))
+    if getattr(args, "print_config", False):  # validated; nothing is read, built or joined
+        sys.stdout.write(config_yaml(args))
+        sys.stdout.flush()
+        return {"status": "printed", "config": resolved_config(args)}
     info = du.init_distributed(args.device, rendezvous_timeout_s=getattr(args, "dist_timeout", None))
     log = get_logger("lavila")
     flag = preemption or PreemptionFlag()
@@ -386,12 +412,10 @@ def run(engine: Engine, argv: Sequence[str] | None = None, *, args: argparse.Nam
 
 def _run(engine: Engine, args: argparse.Namespace, info: du.DistInfo, log: Any, flag: PreemptionFlag,
          stop_after_epochs: int | None) -> dict[str, Any]:
-    if args.use_zero:
-        raise TrainingError("--use-zero (ZeroRedundancyOptimizer) is not supported; drop the flag")
-    if args.update_freq < 1:
-        raise TrainingError(f"--update-freq must be >= 1, got {args.update_freq}")
-    if args.batch_size < 1:
-        raise TrainingError(f"--batch-size must be >= 1, got {args.batch_size}")
+    errors, notes = check_reference_paths(args, engine.name)
+    if errors:
+        raise TrainingError("; ".join(errors))
+    notes += no_effect_notes(args, vars(build_parser(engine).parse_args([])))
     engine.prepare_args(args, info)
     out_dir = Path(args.output_dir)
     if info.rank == 0:
@@ -405,6 +429,8 @@ def _run(engine: Engine, args: argparse.Namespace, info: du.DistInfo, log: Any, 
 
     train_set, val_set = engine.build_datasets(args)
     model = engine.build_model(args)
+    for note in notes + no_effect_notes(argparse.Namespace(patch_dropout=args.patch_dropout), {}, model_tower(model)):
+        log.info(f"note: {note}")
     if args.grad_checkpointing and hasattr(model, "set_grad_checkpointing"):
         model.set_grad_checkpointing(True)
     model.to(device)
@@ -423,7 +449,7 @@ def _run(engine: Engine, args: argparse.Namespace, info: du.DistInfo, log: Any, 
                             f"--batch-size {args.batch_size} x {info.world_size} processes x --update-freq "
                             f"{args.update_freq}; lower them or add data")
     criterion = engine.build_criterion(args).to(device)
-    optimizer = build_optimizer(model, args)
+    optimizer = build_training_optimizer(model, args, info, log)
     lr, lr_start, lr_end = engine.lr_values(args, info.world_size)
     set_lr(optimizer, lr)
     use_scaler = device.type == "cuda" and not args.disable_amp and not args.use_bf16
@@ -585,29 +611,16 @@ def _evaluate_only(engine: Engine, args: argparse.Namespace, model: nn.Module, v
     return {"status": "evaluated", "metrics": metrics, "output_dir": str(args.output_dir)}
 
 
-def _last_line(exc: BaseException) -> str:
-    """The message itself: an error re-raised from a DataLoader worker carries the worker's traceback first."""
-    text = str(exc)
-    if not text.startswith("Caught "):
-        return text
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1].split(": ", 1)[-1]
-
-
 def main(engine: Engine, argv: Sequence[str] | None = None) -> int:
-    """Entry-script wrapper: known failures print one clear line instead of a traceback."""
-    from lavila.data.loader import SampleSkippedError
-    from lavila.data.video import VideoDecodeError
+    """Entry-script wrapper: a known failure ends with one line ``error: ...`` and status 2 (``--debug`` or
+    ``LAVILA_DEBUG=1``: the traceback); ``--print-config``, finished, evaluated, preempted and stopped runs give 0."""
+    from lavila.utils.cli import run_main
 
-    try:
-        summary = run(engine, argv)
-    except (TrainingError, CheckpointError, FileNotFoundError, du.RendezvousTimeoutError) as exc:
-        get_logger("lavila").error(f"error: {exc}")
-        return 1
-    except (SampleSkippedError, VideoDecodeError) as exc:
-        get_logger("lavila").error(f"error: {_last_line(exc)} (--skip-policy raise stops at the first unreadable "
-                                   "sample; fix or remove it, or use --skip-policy skip to skip and count them)")
-        return 1
-    finally:
-        du.cleanup_distributed()
-    return 0 if summary.get("status") in ("finished", "evaluated", "preempted", "stopped") else 1
+    def body() -> int:
+        try:
+            summary = run(engine, argv)
+        finally:
+            du.cleanup_distributed()
+        return 0 if summary.get("status") in ("finished", "evaluated", "preempted", "stopped", "printed") else 1
+
+    return run_main(body, known_errors(), argv, describe_error)

@@ -23,7 +23,7 @@ from lavila.train.engine_utils import (
     video_dataset_kwargs,
     video_to_device,
 )
-from lavila.train.flags import add_reference_switches
+from lavila.train.flags import absent_reference_default, add_reference_switches
 from lavila.train.loop import Engine, TrainingError
 from lavila.train.losses import ClipLoss
 
@@ -73,7 +73,8 @@ class PretrainEngine(Engine):
                                          context_length=args.context_length, on_error=args.skip_policy,
                                          **train_video_kwargs(args))
         val = None
-        if args.val_metadata and args.root_val:
+        if args.val_metadata and args.root_val and not (absent_reference_default(args.val_metadata)
+                                                        or absent_reference_default(args.root_val)):
             if args.dataset_val == "ek100_mir":
                 from lavila.data.ek100 import EK100MIRDataset
 

@@ -123,11 +123,33 @@ def checkpoint_safe_globals() -> list[Any]:
     return [argparse.Namespace, collections.OrderedDict, *_numpy_globals(), *_pandas_globals()]
 
 
+def _reason(exc: BaseException) -> str:
+    """The informative line of torch's multi-paragraph unpickling message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.endswith("Unpickler error:") and i + 1 < len(lines):
+            return lines[i + 1]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def is_torch_file(path: str | os.PathLike) -> bool:
+    """True for what ``torch.save`` writes: a zip archive, or the legacy format (a protocol-2+ pickle that starts with
+    torch's magic number, a LONG1 opcode)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"PK\x03\x04":  # a zip archive (possibly truncated: torch.load then says so)
+        return True
+    return len(head) >= 3 and head[0] == 0x80 and 2 <= head[1] <= 5 and head[2] == 0x8A
+
+
 def load_checkpoint(path: str | os.PathLike, trusted: bool = False, map_location: Any = "cpu") -> Any:
     """Load a checkpoint file safely (``weights_only=True`` + allow-list); ``trusted=True`` runs plain unpickling."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not is_torch_file(path):
+        raise CheckpointError(f"{path} is not a torch checkpoint (neither a torch.save zip archive nor a legacy torch "
+                              "pickle); pass the .pt/.pth file written by torch.save (e.g. checkpoint.pt)")
     if trusted:
         return torch.load(path, map_location=map_location, weights_only=False)
     try:
@@ -135,6 +157,9 @@ def load_checkpoint(path: str | os.PathLike, trusted: bool = False, map_location
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.findall(r"GLOBAL ([\w.]+)", str(exc))
+        if not found and "global" not in str(exc).lower():  # a broken pickle stream, not a refused object
+            raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a torch checkpoint?): "
+                                  f"{_reason(exc)}") from exc
         what = f"it holds {', '.join(sorted(set(found)))}, which" if found else "it holds an object type that"
         raise CheckpointError(
             f"refusing to load {path}: {what} is not on the safe-load allow-list (weights_only=True). "
