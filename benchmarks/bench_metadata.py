@@ -125,7 +125,8 @@ def _workers_pss(dataset, indices: list[int], workers: int) -> dict:
 
     before = _smaps()["pss"]
     sampler = SubsetRandomSampler(indices, torch.Generator().manual_seed(0))
-    loader = DataLoader(dataset, batch_size=4096, sampler=sampler, num_workers=workers, persistent_workers=True, collate_fn=len, multiprocessing_context="fork")
+    loader = DataLoader(dataset, batch_size=4096, sampler=sampler, num_workers=workers,
+                        persistent_workers=True, collate_fn=len, multiprocessing_context="fork")
     t0 = time.perf_counter()
     it = iter(loader)
     read = sum(it)

@@ -61,21 +61,20 @@ def load_pickle(path: str | os.PathLike) -> object:
 
 
 def encode_strings(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """One UTF-8 buffer (uint8) and ``len(strings) + 1`` offsets (int32 when they fit, else int64); ``TypeError``
-    when an element is not a string."""
+    """UTF-8 of every string followed by a 0 byte, in one buffer (uint8), and the ``len(strings) + 1`` offsets where
+    the strings start (int32 when they fit, else int64; the last is the buffer's length). ``TypeError`` when an
+    element is not a string."""
     n = len(strings)
-    joined = "\0".join(strings)  # one C pass; UTF-8 writes a 0 byte only for U+0000, so the separators are found
-    if not n or joined.count("\0") == n - 1:
-        # surrogatepass: a lone surrogate survives the round trip as it did in the pickle
-        buf = np.frombuffer(joined.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    # one C pass each for the join, the encoding and the search of the separators (UTF-8 writes a 0 byte only
+    # for U+0000); surrogatepass: a lone surrogate survives the round trip as it did in the pickle
+    joined = "\0".join(strings) + "\0" if n else ""
+    data = np.frombuffer(joined.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    if joined.count("\0") == n:
         del joined
-        is_sep = buf == 0
-        ends = np.flatnonzero(is_sep) - np.arange(n - 1) if n > 1 else np.zeros(0, np.int64)
-        data = buf[~is_sep]
-        offsets = np.concatenate([[0], ends, [len(data)]] if n else [[0]]).astype(np.int64)
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        offsets[1:] = np.flatnonzero(data == 0) + 1
     else:  # some string holds U+0000: measure each one
-        data = np.frombuffer("".join(strings).encode("utf-8", "surrogatepass"), dtype=np.uint8)
-        lengths = [len(s.encode("utf-8", "surrogatepass")) for s in strings]
+        lengths = [len(s.encode("utf-8", "surrogatepass")) + 1 for s in strings]
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
     return data, offsets.astype(np.int32) if offsets[-1] < 2**31 else offsets
@@ -89,7 +88,8 @@ def factorize_strings(strings: Sequence[str]) -> tuple[np.ndarray, list[str]]:
 
 
 class TextTable:
-    """Read-only strings held as one UTF-8 buffer plus offsets; ``table[i]`` decodes string ``i`` only."""
+    """Read-only strings held as one UTF-8 buffer (each string followed by a 0 byte, as ``encode_strings`` writes
+    it) plus the offsets where they start; ``table[i]`` decodes string ``i`` only."""
 
     def __init__(self, data: np.ndarray, offsets: np.ndarray) -> None:
         if offsets.ndim != 1 or len(offsets) < 1 or int(offsets[0]) != 0 or int(offsets[-1]) != len(data):
@@ -117,8 +117,8 @@ class TextTable:
         return len(self.offsets) - 1
 
     def __getitem__(self, index: int) -> str:
-        lo, hi = self._offsets[index], self._offsets[index + 1]  # IndexError past the end
-        if not 0 <= lo <= hi <= len(self._data) or index < 0:
+        lo, hi = self._offsets[index], self._offsets[index + 1] - 1  # IndexError past the end
+        if not 0 <= lo <= hi < len(self._data) or index < 0:
             if index < 0:
                 raise IndexError(f"text index {index}: negative indices are not supported")
             raise ValueError(f"corrupt text table: string {index} spans bytes {lo}..{hi} of {len(self._data)}")
