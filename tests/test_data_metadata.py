@@ -229,3 +229,78 @@ def test_text_table_round_trip_and_bounds():
     with pytest.raises(IndexError):
         table[len(strings)]
     assert pickle.loads(pickle.dumps(table)).tolist() == strings  # spawned workers
+
+
+# ------------------------------------------------------------------------------------------------ EK100, EgoSchema
+
+
+def _ek100_paths(tmp_path_factory) -> dict[str, Path]:
+    data = synthetic_root(tmp_path_factory)
+    ann = data / "ek100" / "epic-kitchens-100-annotations"
+    return {"root": data / "ek100" / "videos", "mir": ann / "retrieval_annotations" / "EPIC_100_retrieval_train.csv",
+            "mir_test": ann / "retrieval_annotations" / "EPIC_100_retrieval_test.csv",
+            "train": ann / "EPIC_100_train.csv", "val": ann / "EPIC_100_validation.csv",
+            "egoschema": data / "egoschema"}
+
+
+def test_ek100_items_read_flat_arrays_with_the_old_values(tmp_path_factory):
+    import pandas as pd
+
+    from lavila.data.ek100 import ActionVocabulary, EK100CLSDataset, EK100MIRDataset
+
+    p = _ek100_paths(tmp_path_factory)
+    for csv, training in ((p["mir"], True), (p["mir_test"], False)):
+        ds = EK100MIRDataset(p["root"], csv, is_training=training, num_frames=T, crop_size=S)
+        assert ds._clips_df is None and ds._sentences_df is None  # no DataFrame held for the workers
+        old = pd.read_csv(csv)
+        for row in range(len(old)):  # the old path's expressions: str(video_id), seconds of the timestamps, narration
+            h, m, sec = old["start_timestamp"].iat[row].split(":")
+            assert ds.flat.video_id(row) == str(old["video_id"].iat[row])
+            assert float(ds.flat.start[row]) == int(h) * 3600 + int(m) * 60 + float(sec)
+            assert ds.flat.narration(row) == str(old["narration"].iat[row])
+        sentences = pd.read_csv(str(csv).replace(".csv", "_sentence.csv"))["narration"].astype(str)
+        assert ds.sentence_texts.tolist() == sentences.tolist()
+        assert ds.clips["narration"].tolist() == old["narration"].astype(str).tolist()  # re-read on demand
+    vocab = ActionVocabulary.from_csvs([p["train"], p["val"]])
+    cls = EK100CLSDataset(p["root"], p["val"], vocab, num_frames=T, crop_size=S)
+    old = pd.read_csv(p["val"])
+    assert [cls.flat.video_id(i) for i in range(len(cls))] == old["video_id"].astype(str).tolist()
+    assert cls.flat.stop.tolist() == [cls.clips["stop_sec"].iat[i] for i in range(len(cls))]
+
+
+def test_ek100_mir_training_items_equal_the_old_dataframe_path(tmp_path_factory):
+    from lavila.data.ek100 import EK100MIRDataset
+
+    p = _ek100_paths(tmp_path_factory)
+    ds = EK100MIRDataset(p["root"], p["mir"], is_training=True, num_frames=T, crop_size=S)
+    clips, sentences = ds.clips, ds.sentences
+
+    class OldMIR(torch.utils.data.Dataset):  # the pre-issue-19 __getitem__: a DataFrame row per item
+        def __getitem__(self, index):
+            row = int(ds.rows[index])
+            clip = clips.iloc[row]
+            frames = ds.load_video_clip(str(clip["video_id"]), float(clip["start_sec"]), float(clip["stop_sec"]))
+            lo, hi = ds._indptr[row], ds._indptr[row + 1]
+            pick = lo + int(torch.randint(hi - lo, (1,)).item())
+            caption = sentences["narration"].iat[int(ds._pos_cols[pick])]
+            return frames, tokenize(caption), torch.tensor(float(ds._pos_vals[pick]))
+
+    ours, theirs = PerSampleSeededDataset(ds, seed=2), PerSampleSeededDataset(OldMIR(), seed=2)
+    for i in (0, len(ds) // 2, len(ds) - 1):
+        a, b = ours[i], theirs[i]
+        assert all(torch.equal(x, y) for x, y in zip(a, b)), i
+
+
+def test_egoschema_flat_questions_give_the_old_prompts(tmp_path_factory):
+    import json
+
+    from lavila.data.egoschema import EgoSchemaDataset, option_prompts
+
+    p = _ek100_paths(tmp_path_factory)["egoschema"]
+    questions = next(p.glob("*question*.json"))
+    ds = EgoSchemaDataset(p / "videos", questions, num_frames=T, crop_size=S)
+    old = json.loads(questions.read_text())
+    old = list(old.values()) if isinstance(old, dict) else old
+    assert ds.q_uids == [str(q["q_uid"]) for q in old] and ds.questions == old
+    frames, options, index = ds[len(ds) - 1]
+    assert index == len(ds) - 1 and torch.equal(options, tokenize(option_prompts(old[-1])))
