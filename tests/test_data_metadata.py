@@ -136,6 +136,8 @@ def test_cache_is_used_then_rebuilt_when_the_source_changes(pickles, tmp_path, m
     first = load_ego4d_clips(main)
     assert first.cache_path == cache_paths(main)[0] and first.cache_path.parent == main.parent
     assert not first.texts.data.flags.writeable  # a read-only memory map of the file
+    copy = pickle.loads(pickle.dumps(first))  # spawned workers get a copy of the columns
+    assert copy.video_id(7) == first.video_id(7) and copy.narrations(7) == first.narrations(7)
     import lavila.data.ego4d as ego4d
 
     real_build = ego4d.build_ego4d_arrays
