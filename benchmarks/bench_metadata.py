@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -170,7 +171,8 @@ def phase(name: str, pickle_path: str, args: argparse.Namespace) -> dict:
     from lavila.data.clips import ClipDataset
     from lavila.data.ego4d import Ego4DPretrainDataset
 
-    root = tempfile.mkdtemp(prefix="lavila_bench_meta_root_")
+    root = Path(pickle_path).parent / "videos"  # empty: no clip is decoded; removed with the pickle's folder
+    root.mkdir(exist_ok=True)
     ClipDataset(root, backend=args.backend)  # tokenizer, decoders, kernels: loaded before the baseline
     base = _smaps()
     t0 = time.perf_counter()
@@ -221,11 +223,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
             print(f"phase {name}: {time.perf_counter() - t0:.0f} s {json.dumps(res[name])}", flush=True)
         cache_mb = cache.stat().st_size / 1e6 if cache.exists() else float("nan")
     finally:
-        for p in (path, cache):
-            p.unlink(missing_ok=True)
-        for p in folder.glob("*"):
-            p.unlink()
-        folder.rmdir()
+        shutil.rmtree(folder, ignore_errors=True)
     old, new = res["old"], res["cached"]
     frac = args.old_worker_fraction
     old_added = old["workers"]["added_pss"] / frac
