@@ -5,6 +5,9 @@ Questions JSON: a list of ``{"q_uid", "question", "option 0" .. "option 4", ...}
 ``Is it '<option lower-cased>'`` (the question itself is not used). Answers JSON (local scoring):
 ``{q_uid: answer index}``.
 
+The questions are held flat (``q_uid`` and the five options as UTF-8 buffers, ``lavila.data.metadata.TextTable``);
+``questions`` re-reads the JSON on first access and ``q_uids`` decodes the ids (main-process uses).
+
 Example::
 
     from lavila.data.egoschema import EgoSchemaDataset
@@ -20,6 +23,7 @@ import torch
 
 from lavila.data.annotations import load_json
 from lavila.data.clips import ClipDataset
+from lavila.data.metadata import TextTable
 from lavila.data.tokenizer import tokenize
 from lavila.data.video import VideoDecodeError
 
@@ -58,19 +62,33 @@ class EgoSchemaDataset(ClipDataset):
                  output: str = "float", fused_resize: bool = False) -> None:
         super().__init__(root, num_frames, -1, crop_size, False, norm, context_length, backend, output, "raise",
                          fused_resize=fused_resize)
-        self.questions = load_questions(questions)
-        self.q_uids = [str(q["q_uid"]) for q in self.questions]
+        self.questions_path = str(questions)
+        loaded = load_questions(questions)
+        self._uids = TextTable.from_strings([str(q["q_uid"]) for q in loaded])
+        self._options = TextTable.from_strings([str(q[f"option {j}"]) for q in loaded for j in range(5)])
+        self._questions: list[dict] | None = None
+
+    @property
+    def questions(self) -> list[dict]:
+        if self._questions is None:
+            self._questions = load_questions(self.questions_path)
+        return self._questions
+
+    @property
+    def q_uids(self) -> list[str]:
+        return self._uids.tolist()
 
     def __len__(self) -> int:
-        return len(self.questions)
+        return len(self._uids)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        q = self.questions[index]
-        path = os.path.join(self.root, f"{q['q_uid']}.mp4")
+        q_uid = self._uids[index]
+        path = os.path.join(self.root, f"{q_uid}.mp4")
         try:
             frames = self.load_video_file(path)
         except VideoDecodeError:
             raise
         except Exception as exc:  # noqa: BLE001
             raise VideoDecodeError(path, f"{type(exc).__name__}: {exc}") from exc
-        return frames, tokenize(option_prompts(q), self.context_length), index
+        options = {f"option {j}": self._options[5 * index + j] for j in range(5)}
+        return frames, tokenize(option_prompts(options), self.context_length), index

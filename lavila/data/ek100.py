@@ -15,6 +15,11 @@ frames are located with the fps read from the video files.
   CSVs **sorted as strings** (the released classifier rows follow this order: "10:..." before "2:..."), saved /
   loaded as JSON so evaluation does not need the train CSV.
 
+Items read flat arrays (``EK100Clips``: video ids as an index into the unique ids, times as float64, narrations as
+one UTF-8 buffer; ``lavila.data.metadata``), built from the CSVs before the DataLoader forks, so workers share
+them instead of copying Python objects. The ``clips`` / ``sentences`` DataFrames are read again on first access
+(for the main process's own uses: relevancy, sentence columns) and not held otherwise.
+
 Example::
 
     from lavila.data.ek100 import EK100MIRDataset, ActionVocabulary, EK100CLSDataset
@@ -36,10 +41,11 @@ import torch
 
 from lavila.data.annotations import AnnotationError, parse_column, read_csv
 from lavila.data.clips import ClipDataset
+from lavila.data.metadata import TextTable, factorize_strings
 from lavila.data.tokenizer import tokenize
 
 __all__ = ["EK100_COLUMNS", "timestamp_to_seconds", "read_ek100_csv", "load_class_names", "ActionVocabulary",
-           "EK100MIRDataset", "EK100CLSDataset", "zeroshot_class_texts", "default_sentence_path",
+           "EK100Clips", "EK100MIRDataset", "EK100CLSDataset", "zeroshot_class_texts", "default_sentence_path",
            "default_relevancy_path"]
 
 log = logging.getLogger(__name__)
@@ -137,7 +143,37 @@ def default_relevancy_path(csv_path: str | os.PathLike) -> Path:
     return p.parent / "relevancy" / f"caption_relevancy_{p.stem}.pkl"
 
 
-class EK100MIRDataset(ClipDataset):
+class EK100Clips:
+    """The clips of an EK100 CSV as flat arrays: ``video_id(i)``, ``start[i]``, ``stop[i]``, ``narration(i)``."""
+
+    def __init__(self, df: pd.DataFrame) -> None:
+        codes, unique = factorize_strings(df["video_id"].astype(str).tolist())
+        self.video_index, self.video_ids = codes, TextTable.from_strings(unique)
+        self.start = df["start_sec"].to_numpy(dtype=np.float64)
+        self.stop = df["stop_sec"].to_numpy(dtype=np.float64)
+        self.narrations = TextTable.from_strings(df["narration"].astype(str).tolist())
+
+    def __len__(self) -> int:
+        return len(self.video_index)
+
+    def video_id(self, row: int) -> str:
+        return self.video_ids[int(self.video_index[row])]
+
+    def narration(self, row: int) -> str:
+        return self.narrations[row]
+
+
+class _CSVFrames:
+    """``clips`` (and ``sentences``) DataFrames read on first access and kept from then on."""
+
+    @property
+    def clips(self) -> pd.DataFrame:
+        if self._clips_df is None:
+            self._clips_df = read_ek100_csv(self.metadata, require_labels=self._require_labels)
+        return self._clips_df
+
+
+class EK100MIRDataset(_CSVFrames, ClipDataset):
     """EK100 multi-instance retrieval clips (see the module docstring)."""
 
     def __init__(self, root: str | os.PathLike, metadata: str | os.PathLike, is_training: bool = False,
@@ -148,17 +184,32 @@ class EK100MIRDataset(ClipDataset):
         super().__init__(root, num_frames, chunk_len, crop_size, is_training, norm, context_length, backend, output,
                          on_error, fused_resize=fused_resize)
         self.metadata = str(metadata)
-        self.clips = read_ek100_csv(metadata, require_labels=is_training)
+        self._require_labels = is_training
+        self._clips_df: pd.DataFrame | None = read_ek100_csv(metadata, require_labels=is_training)
         sentence_path = Path(sentence_path) if sentence_path else default_sentence_path(metadata)
         if not sentence_path.is_file():
             raise FileNotFoundError(f"sentence file {sentence_path} not found (EK100 MIR needs the "
                                     "<csv stem>_sentence.csv beside the clip CSV, or pass sentence_path)")
-        self.sentences = pd.read_csv(sentence_path)
-        self.sentences["narration"] = self.sentences["narration"].astype(str)
-        self.rows = np.arange(len(self.clips))
+        self.sentence_path = sentence_path
+        self._sentences_df: pd.DataFrame | None = self._read_sentences()
+        self.rows = np.arange(len(self._clips_df))
         self.num_without_positive = 0
         if is_training:
             self._build_positives(relevancy_path, positive_threshold)
+        self.flat = EK100Clips(self._clips_df)
+        self.sentence_texts = TextTable.from_strings(self._sentences_df["narration"].tolist())
+        self._clips_df = self._sentences_df = None  # items read the flat arrays; the frames are re-read on demand
+
+    def _read_sentences(self) -> pd.DataFrame:
+        sentences = pd.read_csv(self.sentence_path)
+        sentences["narration"] = sentences["narration"].astype(str)
+        return sentences
+
+    @property
+    def sentences(self) -> pd.DataFrame:
+        if self._sentences_df is None:
+            self._sentences_df = self._read_sentences()
+        return self._sentences_df
 
     def _build_positives(self, relevancy_path: str | os.PathLike | None, threshold: float) -> None:
         from lavila.evaluation.relevancy import resolve_relevancy
@@ -196,21 +247,21 @@ class EK100MIRDataset(ClipDataset):
 
     def __getitem__(self, index: int):
         row = int(self.rows[index])
-        clip = self.clips.iloc[row]
+        vid = self.flat.video_id(row)
         try:
-            frames = self.load_video_clip(str(clip["video_id"]), float(clip["start_sec"]), float(clip["stop_sec"]))
+            frames = self.load_video_clip(vid, float(self.flat.start[row]), float(self.flat.stop[row]))
         except Exception as exc:  # noqa: BLE001 - decode failures follow the skip/raise policy
-            return self.failed(os.path.join(self.root, str(clip["video_id"])), exc)
+            return self.failed(os.path.join(self.root, vid), exc)
         if not self.is_training:
-            return frames, tokenize(clip["narration"], self.context_length)
+            return frames, tokenize(self.flat.narration(row), self.context_length)
         lo, hi = self._indptr[row], self._indptr[row + 1]
         pick = lo + int(torch.randint(hi - lo, (1,)).item())
-        caption = self.sentences["narration"].iat[int(self._pos_cols[pick])]
+        caption = self.sentence_texts[int(self._pos_cols[pick])]
         relevancy = torch.tensor(float(self._pos_vals[pick]), dtype=torch.float32)
         return frames, tokenize(caption, self.context_length), relevancy
 
 
-class EK100CLSDataset(ClipDataset):
+class EK100CLSDataset(_CSVFrames, ClipDataset):
     """``(frames, action id)`` per clip of ``EPIC_100_{train,validation}.csv``."""
 
     def __init__(self, root: str | os.PathLike, metadata: str | os.PathLike,
@@ -220,23 +271,26 @@ class EK100CLSDataset(ClipDataset):
         super().__init__(root, num_frames, chunk_len, crop_size, is_training, norm, 77, backend, output, on_error,
                          fused_resize=fused_resize)
         self.vocab = vocabulary if isinstance(vocabulary, ActionVocabulary) else ActionVocabulary.load(vocabulary)
-        self.clips = read_ek100_csv(metadata)
-        keys = [f"{int(v)}:{int(n)}" for v, n in zip(self.clips["verb_class"], self.clips["noun_class"])]
+        self.metadata, self._require_labels = str(metadata), True
+        clips = read_ek100_csv(metadata)
+        keys = [f"{int(v)}:{int(n)}" for v, n in zip(clips["verb_class"], clips["noun_class"])]
         unknown = sorted({k for k in keys if k not in self.vocab.vn2act})
         if unknown:
             raise ValueError(f"{metadata}: {len(unknown)} verb:noun pairs are not in the action vocabulary "
                              f"(first: {unknown[:5]}); build the vocabulary from the train and validation CSVs")
         self.labels = np.array([self.vocab.vn2act[k] for k in keys], dtype=np.int64)
+        self.flat = EK100Clips(clips)
+        self._clips_df: pd.DataFrame | None = None  # re-read on demand (``clips``)
 
     def __len__(self) -> int:
-        return len(self.clips)
+        return len(self.flat)
 
     def __getitem__(self, index: int):
-        clip = self.clips.iloc[index]
+        vid = self.flat.video_id(index)
         try:
-            frames = self.load_video_clip(str(clip["video_id"]), float(clip["start_sec"]), float(clip["stop_sec"]))
+            frames = self.load_video_clip(vid, float(self.flat.start[index]), float(self.flat.stop[index]))
         except Exception as exc:  # noqa: BLE001
-            return self.failed(os.path.join(self.root, str(clip["video_id"])), exc)
+            return self.failed(os.path.join(self.root, vid), exc)
         return frames, int(self.labels[index])
 
 
