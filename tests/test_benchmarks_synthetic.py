@@ -70,8 +70,12 @@ def test_egtea_windows_and_short_clip_padding(data):
     assert window_starts(20, 32, 3) == [0, 0, 0]
     ds = _egtea(out, manifest, num_frames=16, stride=2, num_clips=2)
     assert ds.frame_ids(20)[:12] == list(range(0, 24, 2))  # ids >= 20 are padded with black frames
-    views, _ = ds[0]  # generated clips are < 32 frames or close to it: padding path or one window
+    views, _ = ds[0]
     assert views.shape == (2, 3, 16, CROP, CROP)
+    long = _egtea(out, manifest, num_frames=32, stride=2)  # a 64-frame window: every generated clip is shorter
+    frames, _ = long[0]
+    black = long.transform(np.zeros((1, CROP, CROP, 3), np.uint8))[:, 0]  # normalised black frame (3, S, S)
+    assert torch.allclose(frames[:, -1], black) and not torch.allclose(frames[:, 0], black)
 
 
 def test_egtea_bad_lines_name_the_file_and_line(tmp_path):

@@ -61,6 +61,7 @@ def test_charades_map_matches_the_definition_on_random_tied_scores(seed):
     scores = rng.integers(0, 4, (60, 7)).astype(np.float32)  # many ties between positives and negatives
     targets = (rng.random((60, 7)) < 0.3).astype(np.float64)
     targets[:5] = 0  # unlabeled videos
+    targets[5:8] *= 2  # a label of 2 makes a video labelled but is not a positive (only exactly 1 is)
     assert charades_map(scores, targets)[0] == pytest.approx(_naive_charades_map(scores, targets), abs=1e-12)
 
 
@@ -98,7 +99,7 @@ def test_egomcq_accuracy_per_type_and_lavila_swapped_labels():
 
 
 def test_pool_view_logits_max_then_softmax():
-    logits = torch.tensor([[[0.1, 0.9], [0.8, 0.2]]])  # one video, two views
+    logits = torch.tensor([[[0.1, 0.9], [0.8, 0.3]]])  # one video, two views
     pooled = pool_view_logits(logits)
     assert torch.allclose(pooled, torch.softmax(torch.tensor([[0.8, 0.9]]), dim=1))
     single = torch.tensor([[[0.3, 0.4]]])
