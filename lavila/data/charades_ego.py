@@ -23,6 +23,7 @@ import os
 
 import torch
 
+from lavila.data.class_list import read_class_list
 from lavila.data.clips import ClipDataset
 from lavila.data.tokenizer import tokenize
 
@@ -32,28 +33,17 @@ __all__ = ["load_classes", "parse_actions", "load_videos", "load_trimmed_clips",
 ACTIONS_COLUMN, LENGTH_COLUMN = 9, 10
 
 
+def _parse_class(line: str) -> tuple[str, str] | None:
+    code, _, text = line.partition(" ")
+    if len(code) != 4 or code[0] != "c" or not code[1:].isdigit() or not text:
+        return None
+    return code, text
+
+
 def load_classes(path: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
     """(class texts, {class id "cXXX": index}) from ``Charades_v1_classes.txt``."""
-    path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Charades class list {path} not found (Charades_v1_classes.txt, shipped in "
-                                "CharadesEgo.zip next to the CSVs)")
-    names, index = [], {}
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            code, _, text = line.partition(" ")
-            if len(code) != 4 or code[0] != "c" or not code[1:].isdigit() or not text:
-                raise ValueError(f"{path}:{number}: expected 'cXXX <class text>', got {line!r}")
-            if code in index:
-                raise ValueError(f"{path}:{number}: class {code} appears twice")
-            index[code] = len(names)
-            names.append(text)
-    if not names:
-        raise ValueError(f"{path} lists no classes")
-    return names, index
+    return read_class_list(path, _parse_class, "'cXXX <class text>'",
+                           "Charades_v1_classes.txt, shipped in CharadesEgo.zip next to the CSVs")
 
 
 def parse_actions(field: str, where: str = "") -> list[tuple[str, float, float]]:

@@ -25,6 +25,7 @@ import os
 import numpy as np
 import torch
 
+from lavila.data.class_list import read_class_list
 from lavila.data.clips import ClipDataset
 from lavila.data.video import VideoDecodeError, decord_available, open_video
 
@@ -34,29 +35,17 @@ __all__ = ["ZEROSHOT_PROTOCOL", "load_action_classes", "load_split", "clip_video
 ZEROSHOT_PROTOCOL = {"num_frames": 16, "stride": 2, "num_clips": 10, "num_crops": 3}
 
 
+def _parse_action(line: str) -> tuple[int, str] | None:
+    name, _, number = line.rpartition(" ")
+    if not name or not number.isdigit():
+        return None
+    return int(number), name.replace("_", " ").lower()
+
+
 def load_action_classes(path: str | os.PathLike) -> tuple[list[str], dict[int, int]]:
     """(class texts in file order, {action_idx in the file: class index}) from ``action_idx.txt``."""
-    path = str(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"EGTEA class list {path} not found (action_idx.txt from ACTION_ANNOTATIONS, "
-                                "next to the split files)")
-    names, index = [], {}
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.split(" ")
-            if len(parts) < 2 or not parts[-1].lstrip("-").isdigit():
-                raise ValueError(f"{path}:{number}: expected 'Action_Name <idx>', got {line!r}")
-            action = int(parts[-1])
-            if action in index:
-                raise ValueError(f"{path}:{number}: action index {action} appears twice")
-            index[action] = len(names)
-            names.append(" ".join(parts[:-1]).replace("_", " ").lower())
-    if not names:
-        raise ValueError(f"{path} lists no classes")
-    return names, index
+    return read_class_list(path, _parse_action, "'Action_Name <idx>'",
+                           "action_idx.txt from ACTION_ANNOTATIONS, next to the split files")
 
 
 def load_split(path: str | os.PathLike, action_index: dict[int, int]) -> list[tuple[str, int]]:
