@@ -27,7 +27,7 @@ def data(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_data")
     manifest = generate(out, seed=5, ego4d_videos=2, ek100_train_videos=1, ek100_test_videos=1,
                         egoschema_questions=0, video_sec=16.0, height=32, width=48, num_verbs=2, num_nouns=3,
-                        action_min_sec=1.0, action_max_sec=2.0, egtea_clips=4, charades_test_videos=3,
+                        action_min_sec=1.0, action_max_sec=2.0, egtea_clips=4, charades_test_videos=4,
                         charades_train_videos=1, egomcq_questions=4)
     return out, manifest
 
@@ -95,6 +95,7 @@ def test_charades_ego_files_and_items(data):
     videos = load_videos(out / m["test"], index)
     covered = sorted({c for _, _, labels in videos for c in labels})
     assert covered == list(range(len(names)))  # the generated test set has a positive for every class
+    assert videos[-1][2] == []  # and a video without actions (an empty column 9), as some real ones
     ds = _charades(out, manifest)
     frames, target = ds[0]
     assert frames.shape == (3, FRAMES, CROP, CROP)

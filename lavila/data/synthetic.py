@@ -323,8 +323,8 @@ def write_charades_ego(out: Path, rng: np.random.Generator, pairs: list[tuple[st
     """``charades_ego/CharadesEgo/`` with ``Charades_v1_classes.txt`` ("c000 Taking a cup"), the
     ``CharadesEgo_v1_{train,test}_only1st.csv`` (actions "cXXX start end;..." in column 9, length in column 10),
     ``metadata_filtered_train.pkl`` (LaViLa's trimmed clips) and videos ``charades_ego/CharadesEgo_v1_480/<id>.mp4``
-    with two actions each; the test videos cover every class, the last test video has no action when there are
-    more test videos than needed."""
+    with two actions each; the test videos cycle through the classes (all covered when 2 x (videos - 1) >= classes,
+    and then the last test video has no action, as some real ones)."""
     ann, videos = out / "charades_ego" / "CharadesEgo", out / "charades_ego" / "CharadesEgo_v1_480"
     ann.mkdir(parents=True, exist_ok=True)
     chosen = [pairs[i] for i in sorted(rng.choice(len(pairs), min(num_classes, len(pairs)), replace=False))]
@@ -524,7 +524,10 @@ def main(argv: list[str] | None = None) -> None:
     manifest = generate(args.out, **kwargs)
     print(f"wrote {manifest['ego4d']['clips']} Ego4D clips, {manifest['ek100']['train_clips']}/"
           f"{manifest['ek100']['test_clips']} EK100 train/test clips, {manifest['egoschema']['questions_count']} "
-          f"EgoSchema questions to {args.out} in {time.perf_counter() - tic:.1f}s")
+          f"EgoSchema questions, {args.egtea_clips} EGTEA clips, {args.charades_test_videos}/"
+          f"{args.charades_train_videos} Charades-Ego test/train videos, "
+          f"{(manifest['egomcq'] or {}).get('questions', 0)} EgoMCQ questions to {args.out} in "
+          f"{time.perf_counter() - tic:.1f}s")
 
 
 if __name__ == "__main__":
