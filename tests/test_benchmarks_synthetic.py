@@ -257,3 +257,23 @@ def test_egomcq_dot_and_cosine_rank_differently():
     assert benchmarks.evaluate_egomcq(Fixed(), loader, "cpu", "dot")[0]["accuracy"] == 0.0
     with pytest.raises(ValueError, match="cosine"):
         benchmarks.evaluate_egomcq(Fixed(), loader, "cpu", "l2")
+
+
+def test_a_tiny_clip_runs_the_three_evaluations(data):
+    from lavila.models import create_model
+
+    out, manifest = data
+    torch.manual_seed(0)
+    model = create_model("CLIP_VITT16", embed_dim=32, depth=1, num_heads=2, text_width=32, text_layers=1,
+                         text_heads=2, img_size=CROP, project_embed_dim=16, num_frames=FRAMES).eval()
+    egtea = _egtea(out, manifest, num_clips=2, num_crops=3)
+    classes = benchmarks.benchmark_class_embeddings(model, egtea.classes, "cpu", benchmarks.LAVILA_TEMPLATES)
+    metrics, scores = benchmarks.evaluate_egtea(model, zeroshot.sharded_loader(egtea, 2), classes, "cpu")
+    assert scores.shape == (len(egtea), len(egtea.classes)) and 0 <= metrics["acc1"] <= 1
+    charades = _charades(out, manifest)
+    classes = benchmarks.benchmark_class_embeddings(model, charades.classes, "cpu")
+    metrics, scores = benchmarks.evaluate_charades_ego(model, zeroshot.sharded_loader(charades, 2), classes, "cpu")
+    assert np.isfinite(scores).all() and 0 < metrics["map"] <= 1
+    metrics, scores = benchmarks.evaluate_egomcq(model, zeroshot.sharded_loader(_egomcq(out, manifest), 2), "cpu",
+                                                 "dot")
+    assert scores.shape == (4, 5) and 0 <= metrics["accuracy"] <= 1
