@@ -7,8 +7,8 @@ the model sees ``clip_length`` frames of it, the segment midpoints of the evalua
 clip ``[start_s, end_s]`` (same frames, same centre crop and normalisation). Windows run until the last one reaches
 the end of the video: ``1 + ceil(max(frames - window, 0) / stride)`` of them; a window reaching past the end is cut
 there (``end_s`` is the video's end and its ``clip_length`` frames are sampled over the shorter span, as the
-evaluation does for a clip ending after the video). With ``fps`` the video is resampled first: frame ``j`` of the resampled
-video is source frame ``floor(j * source_fps / fps)``.
+evaluation does for a clip ending after the video). With ``fps`` the video is resampled first: frame ``j`` of the
+resampled video is source frame ``floor(j * source_fps / fps)``.
 
 Streaming: frames are decoded once, in order (:func:`lavila.data.video.stream_frames`); the decoded frames of the
 windows not yet complete are kept (a window cut by the end of the video samples other frames), only the sampled
