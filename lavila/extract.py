@@ -157,7 +157,7 @@ def list_videos(source: str | os.PathLike, chunk_len: float = 15.0) -> list[Vide
             name = path.name if path.is_dir() else path.stem
             videos.append(_video_at(path, name, chunk_len))
     elif source.is_dir():
-        for folder, dirs, files in os.walk(source):
+        for folder, dirs, files in os.walk(source, followlinks=True):
             dirs.sort()
             here = Path(folder)
             rel = here.relative_to(source)
