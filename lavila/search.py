@@ -5,7 +5,8 @@
 The query is encoded with the model the extraction used (its ``extract_config.json``; ``--model`` overrides) and
 compared by cosine with every window's L2-normalised ``proj`` feature. Prints the top-k windows (video, start, end,
 score); ``--html`` writes one self-contained page (thumbnails embedded, ``lavila.search_html``). ``--relevant CSV``
-(columns video, start_s, end_s) marks the hits that overlap a listed segment of the same video as relevant.
+(columns video, start_s, end_s) marks a hit relevant when it overlaps a listed segment of the same video by at least
+half of the shorter of the two.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ import torch
 
 from lavila.evaluation import feature_store as store
 
-__all__ = ["Hit", "FeatureIndex", "load_index", "rank_windows", "load_relevant", "mark_relevant", "search", "main"]
+__all__ = ["Hit", "FeatureIndex", "load_index", "rank_windows", "load_relevant", "mark_relevant", "overlaps", "search",
+           "main"]
 
 
 @dataclass
@@ -95,9 +97,16 @@ def load_relevant(path: str | Path) -> dict[str, list[tuple[float, float]]]:
 
 
 def mark_relevant(hits: Sequence[Hit], segments: Mapping[str, Sequence[tuple[float, float]]]) -> None:
-    """A hit is relevant when its window overlaps a segment of the same video (by a positive length)."""
+    """A hit is relevant when its window overlaps a segment of the same video by at least half of the shorter of
+    the two (a window that only grazes a segment is not)."""
     for hit in hits:
-        hit.relevant = any(min(hit.end_s, e) - max(hit.start_s, s) > 0 for s, e in segments.get(hit.video, ()))
+        hit.relevant = any(overlaps(hit.start_s, hit.end_s, s, e) for s, e in segments.get(hit.video, ()))
+
+
+def overlaps(start_a: float, end_a: float, start_b: float, end_b: float) -> bool:
+    """Overlap of at least half of the shorter interval (and a positive length)."""
+    common = min(end_a, end_b) - max(start_a, start_b)
+    return common > 0 and common >= 0.5 * min(end_a - start_a, end_b - start_b)
 
 
 def format_table(query: str, hits: Sequence[Hit]) -> str:

@@ -227,4 +227,5 @@ def test_peak_memory_flat_in_video_length(checkpoint, tmp_path):
         peaks[name] = json.loads((out / "summary.json").read_text())["peak_rss_mb"]
         frames = {"short": 600, "long": 6000}[name]
         assert len((out / "index.csv").read_text().splitlines()) - 1 == window_count(frames, 16, 16)
+    print(f"peak RSS: 1-min video {peaks['short']:.0f} MB, 10-min video {peaks['long']:.0f} MB")
     assert peaks["long"] <= 1.5 * peaks["short"], peaks
