@@ -22,7 +22,6 @@ on CUDA. Resumable: videos finished earlier are skipped. Unreadable videos are s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -219,10 +218,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   "norm": norm, "window": args.window, "stride": args.stride, "fps": args.fps,
                   "features": args.features, "normalize": not args.no_normalize, "format": args.format,
                   "context_length": args.context_length or info["context_length"]}
-        if du.is_main_process():
-            store.check_config(out, config)
-        du.barrier()
-        store.check_config(out, config)  # every rank: the file rank 0 wrote (or found) matches
+        store.check_config(out, config, write=du.is_main_process())  # every rank refuses other settings
         model.to(dist.device)
         autocast = _autocast(args.precision, dist.device)
         encoder = WindowEncoder(model, args.features, not args.no_normalize, dist.device, autocast)
@@ -262,7 +258,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             store.write_csv(out / store.BAD_FILE, ("video", "source", "reason"), sorted(all_bad))
             done = [v.name for v in videos if v.name not in bad_names and store.is_done(out, v.name, args.format)]
             store.write_index(out, done)
-            (out / "summary.json").write_text(json.dumps(summary, indent=1))
+            store.write_json(out / "summary.json", summary)
             du.print_main(f"{len(done)} of {len(videos)} videos in {out / store.INDEX_FILE}"
                           + (f"; {len(all_bad)} skipped, listed in {out / store.BAD_FILE}" if all_bad else ""))
         return summary

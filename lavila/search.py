@@ -161,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                 mark_relevant(hits, segments)
             print(format_table(query, hits))
         if args.json:
-            Path(args.json).write_text(json.dumps([{"query": q, "hits": [h.__dict__ for h in hits]}
-                                                   for q, hits in zip(args.query, results)], indent=1))
+            store.write_json(args.json, [{"query": q, "hits": [h.__dict__ for h in hits]}
+                                         for q, hits in zip(args.query, results)])
         if args.html:
             from lavila.search_html import write_html
 

@@ -33,6 +33,15 @@ def _frames(n: int, seed: int, h: int = 48, w: int = 64) -> list[np.ndarray]:
     return [np.clip(base + rng.integers(-40, 40, (h, w, 3)) + 3 * i, 0, 255).astype(np.uint8) for i in range(n)]
 
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread (two threads on a loaded 2-core machine spin ~100x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("extract_videos")
@@ -68,7 +77,7 @@ def test_every_window_equals_the_evaluation_path(videos, checkpoint):
     transform = VideoTransform(info["crop"], norm=info["norm"])
     spec = WindowSpec(16, 8, info["num_frames"])
     encoder = WindowEncoder(model, "proj")
-    for name, chunk_len, frames in [("a", 0, 75), ("b", 0, 40), ("c", 0, 9), ("d", 1.0, 50)]:
+    for name, chunk_len, frames in [("a", 0, 75), ("c", 0, 9), ("d", 1.0, 50)]:
         source = videos / name if chunk_len else videos / f"{name}.mp4"
         out = extract_video(source, spec, transform, encoder, batch_size=3, chunk_len=chunk_len)
         assert len(out["features"]) == window_count(frames, 16, 8) == len(out["start_s"])

@@ -62,6 +62,15 @@ class _Oracle(nn.Module):
         return nn.functional.normalize(out, dim=-1)
 
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread (two threads on a loaded 2-core machine spin ~100x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 @pytest.fixture
 def oracle(monkeypatch):
     info = {"num_frames": 2, "crop": 32, "norm": "openai", "context_length": 16}

@@ -30,7 +30,7 @@ from lavila.utils.checkpoint import atomic_write, load_checkpoint, save_checkpoi
 
 __all__ = ["CONFIG_FILE", "INDEX_FILE", "VIDEOS_FILE", "BAD_FILE", "feature_path", "sidecar_path", "is_done",
            "write_video_features", "read_sidecar", "write_csv", "write_index", "read_index", "load_features",
-           "write_text_features", "load_text_features", "check_config"]
+           "write_text_features", "load_text_features", "write_json", "check_config"]
 
 CONFIG_FILE, INDEX_FILE, VIDEOS_FILE, BAD_FILE = "extract_config.json", "index.csv", "videos.csv", "bad_videos.csv"
 INDEX_COLUMNS = ("video", "window", "start_s", "end_s")
@@ -144,9 +144,13 @@ def load_text_features(out: str | os.PathLike) -> tuple[list[str], torch.Tensor]
     return None
 
 
-def check_config(out: str | os.PathLike, config: Mapping[str, Any]) -> None:
-    """Write ``extract_config.json``, or check that an earlier run's matches (a resumed run must not mix
-    features of different settings)."""
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return _write_text(Path(path), json.dumps(obj, indent=1))
+
+
+def check_config(out: str | os.PathLike, config: Mapping[str, Any], write: bool = True) -> None:
+    """Check that an earlier run's ``extract_config.json`` matches ``config`` (a resumed run must not mix features
+    of different settings); without one, write it (``write``: rank 0 only)."""
     path = Path(out) / CONFIG_FILE
     if path.is_file():
         old = json.loads(path.read_text())
@@ -156,4 +160,5 @@ def check_config(out: str | os.PathLike, config: Mapping[str, Any]) -> None:
             raise ValueError(f"{path} was written with other settings ({changes}); resume with the same flags or "
                              "use a new --output-dir")
         return
-    _write_text(path, json.dumps(dict(config), indent=1))
+    if write:
+        write_json(path, dict(config))
