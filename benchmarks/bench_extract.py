@@ -1,8 +1,8 @@
 """Feature extraction throughput (issue 20): dense windows/s of ``extract_features.py``'s streaming path against the
 evaluation loop's clips/s on the same windows, same model, same frames, in the same run.
 
-Input: one generated 320x240 30-fps H.264 video (10 s; 6 s with ``--quick``), a tiny TimeSformer CLIP (64 px,
-8 frames). Windows: 8 frames at stride 4 (stride = window / 2: every frame lies in two windows).
+Input: one generated 568x320 30-fps H.264 video (the size of the EK100 chunks; 10 s, 6 s with ``--quick``), a tiny
+TimeSformer CLIP (64 px, 8 frames). Windows: 8 frames at stride 4 (stride = window / 2: each frame in two windows).
 
 * baseline — the evaluation loop: a ``ClipDataset`` of the windows' ``[start_s, end_s]`` clips (each decoded on its
   own, PyAV seeking / decord as the evaluation does), ``zeroshot.sharded_loader`` + ``zeroshot.collect`` with
@@ -58,7 +58,7 @@ class WindowClips(ClipDataset):
 
 def _make_video(path: Path, seconds: int) -> None:
     rng = np.random.default_rng(0)
-    base = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    base = rng.integers(0, 255, (320, 568, 3), dtype=np.uint8)
     write_video(path, (np.roll(base, 3 * i, axis=1) for i in range(30 * seconds)), fps=30)
 
 
@@ -92,7 +92,7 @@ def run(quick: bool = False) -> list[dict]:
         base_s, _ = median_seconds(evaluate, repeats=repeats)
     n = len(spans)
     diff = float((baseline["video"] - ours["features"]).abs().max())
-    name = f"extraction, {n} windows of {WINDOW} frames at stride {STRIDE}, 320x240 -> {CROP} px, tiny TimeSformer"
+    name = f"extraction, {n} windows of {WINDOW} frames at stride {STRIDE}, 568x320 -> {CROP} px, tiny TimeSformer"
     return [make_row(name, n / base_s, n / ours_s, "windows/s", TARGET, higher_is_better=True,
                      notes=f"baseline: evaluation loop (ClipDataset + collect); max |diff| {diff:.1e}")]
 
