@@ -238,3 +238,25 @@ def test_peak_memory_flat_in_video_length(checkpoint, tmp_path):
         assert len((out / "index.csv").read_text().splitlines()) - 1 == window_count(frames, 16, 16)
     print(f"peak RSS: 1-min video {peaks['short']:.0f} MB, 10-min video {peaks['long']:.0f} MB")
     assert peaks["long"] <= 1.5 * peaks["short"], peaks
+
+
+@pytest.mark.parametrize("name", ["CLIP_VITT16", "CLIP_ViViM_tiny", "CLIP_TimeMamba_like_timesformer"])
+def test_token_maps_put_each_patch_in_its_place(name):
+    from lavila.evaluation.features import token_maps
+    from lavila.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, num_frames=2, **TINY).eval()
+    with torch.no_grad():
+        for key, param in model.visual.named_parameters():  # residual blocks -> identity: no mixing of tokens
+            if key.endswith(("out_proj.weight", "out_proj.bias", "fc2.weight", "fc2.bias")):
+                param.zero_()
+        video = torch.randn(2, 3, 2, 32, 32)
+        tokens = token_maps(model.visual, video)
+        assert tokens.shape == (2, 2, 2, 2, model.visual.forward_features(video).shape[-1])
+        changed = video.clone()
+        changed[0, :, 1, :16, 16:] += 1.0  # clip 0, frame 1, patch row 0, column 1
+        diff = (token_maps(model.visual, changed) - tokens).abs().amax(dim=-1)
+    assert diff[0, 1, 0, 1] > 1e-3
+    diff[0, 1, 0, 1] = 0
+    assert diff.max() < 1e-5
