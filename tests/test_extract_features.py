@@ -219,9 +219,9 @@ def test_two_processes_equal_one(videos, checkpoint, tmp_path):
 
 @pytest.mark.slow
 def test_peak_memory_flat_in_video_length(checkpoint, tmp_path):
-    # 10 fps, 160x120: decoding a 10-minute video whole would hold ~350 MB of RGB frames
+    # 10 fps, 320x240: a 10-minute video held whole would take ~0.7 GB as decoded YUV frames, ~1.4 GB as RGB
     rng = np.random.default_rng(0)
-    base = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    base = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
     for name, seconds in (("short", 60), ("long", 600)):
         write_video(tmp_path / name / f"{name}.mp4", (np.roll(base, i, axis=1) for i in range(seconds * 10)),
                     fps=10, crf=35)
