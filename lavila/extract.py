@@ -218,6 +218,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   "norm": norm, "window": args.window, "stride": args.stride, "fps": args.fps,
                   "features": args.features, "normalize": not args.no_normalize, "format": args.format,
                   "context_length": args.context_length or info["context_length"]}
+        if args.text and not hasattr(model, "encode_text"):
+            raise ValueError("--text needs a CLIP model with a text tower; this checkpoint is a classifier")
         store.check_config(out, config, write=du.is_main_process())  # every rank refuses other settings
         model.to(dist.device)
         autocast = _autocast(args.precision, dist.device)
@@ -225,8 +227,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         transform = VideoTransform(crop, is_training=False, norm=norm)
         mine = videos[dist.rank::dist.world_size]
         todo = [v for v in mine if not store.is_done(out, v.name, args.format)]
-        du.print_main(f"{len(videos)} videos ({len(mine) - len(todo)} of rank 0's {len(mine)} done earlier), "
-                      f"{dist.world_size} process(es) on {dist.device}; windows of {args.window} frames, stride "
+        du.print_main(f"{len(videos)} videos over {dist.world_size} process(es) on {dist.device} (rank 0: "
+                      f"{len(mine)}, {len(mine) - len(todo)} done earlier); windows of {args.window} frames, stride "
                       f"{args.stride}, {info['num_frames']} frames each; features: {args.features}")
         bad: list[tuple[str, str, str]] = []
         tic, windows = time.perf_counter(), 0
