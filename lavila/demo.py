@@ -7,7 +7,11 @@
    after every epoch); ``--compare-timesformer`` also trains a TimeSformer with the same recipe;
 4. evaluates the pretrained checkpoint with ``eval_zeroshot.py`` and prints the metrics next to chance level;
 5. writes the report folder: ``metrics.json``, ``summary.json``, ``loss.png``, ``lr.png``, ``retrieval_map.png``,
-   ``retrieval_example.png``.
+   ``retrieval_example.png``;
+6. extracts window features of the EK100-style test videos with the pretrained model (``extract_features.py``, 3-s
+   windows at stride 1.5 s) and searches one of their narrations (``python -m lavila.search``): ``search.html`` shows
+   the top hits, marked relevant when they cover a clip of the same action (relevancy 1); the query's own clip
+   should be among them.
 
 Every stage runs the real entry script as a subprocess, exactly as a user runs it on real data.
 
@@ -148,6 +152,55 @@ def evaluate(checkpoint: Path, data_dir: Path, out_dir: Path, env: dict[str, str
     return json.loads((out_dir / "zeroshot_metrics.json").read_text())
 
 
+# ---- features + search -----------------------------------------------------------------------------------------
+
+# frames at 30 fps: 3-s windows (the clips' length), half overlapping
+SEARCH_WINDOW, SEARCH_STRIDE, SEARCH_TOP_K = 90, 45, 8
+
+
+def search_stage(checkpoint: Path, data_dir: Path, out_root: Path, report: Path, env: dict[str, str],
+                 clips: Any, sentences: Any, relevancy: Any, similarity: Any) -> dict[str, Any]:
+    """Extract features of the MIR test videos and search a narration (``demo_report.pick_search_query`` on the
+    evaluation's clip x sentence ``similarity``); returns the query, its own clip and the ranked hits (with
+    ``relevant`` and ``own_clip`` marks)."""
+    import numpy as np
+
+    from lavila import demo_report as dr
+    from lavila.data.ek100 import timestamp_to_seconds
+    from lavila.evaluation.relevancy import sentence_columns
+    from lavila.search import overlaps
+
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    feats = out_root / "features"
+    shutil.rmtree(feats, ignore_errors=True)
+    feats.mkdir(parents=True)
+    video_root = data_dir / manifest["ek100"]["root"]
+    listing = feats.parent / "search_videos.txt"
+    listing.write_text("".join(f"{video_root / v}\n" for v in sorted(set(clips["video_id"]))))
+    run_stage([sys.executable, str(REPO / "extract_features.py"), "--model", str(checkpoint), "--input", str(listing),
+               "--chunk-len", str(manifest["chunk_len"]), "--window", str(SEARCH_WINDOW), "--stride",
+               str(SEARCH_STRIDE), "--output-dir", str(feats), "--device", "cpu", "--batch-size", "32"], env=env)
+    own_rows = sentence_columns(clips["narration_id"], sentences["narration_id"])
+    query = dr.pick_search_query(similarity, relevancy, own_rows)
+    text = str(sentences["narration"].iloc[query])
+    spans = [(str(v), timestamp_to_seconds(a), timestamp_to_seconds(b))
+             for v, a, b in zip(clips["video_id"], clips["start_timestamp"], clips["stop_timestamp"])]
+    own = spans[int(own_rows[query])]
+    relevant = [spans[row] for row in np.flatnonzero(np.asarray(relevancy)[:, query] >= 1.0)]
+    segments = out_root / "search_relevant.csv"
+    segments.write_text("video,start_s,end_s\n" + "".join(f"{v},{a},{b}\n" for v, a, b in relevant))
+    hits_json = out_root / "search_hits.json"
+    run_stage([sys.executable, "-m", "lavila.search", text, "--features-dir", str(feats), "--top-k",
+               str(SEARCH_TOP_K), "--relevant", str(segments), "--html", str(report / "search.html"), "--json",
+               str(hits_json)], env=env)
+    hits = json.loads(hits_json.read_text())[0]["hits"]
+    for hit in hits:
+        hit["own_clip"] = hit["video"] == own[0] and overlaps(hit["start_s"], hit["end_s"], own[1], own[2])
+    return {"query": text, "own_clip": {"video": own[0], "start_s": own[1], "end_s": own[2]}, "hits": hits,
+            "relevant_hits": sum(bool(h["relevant"]) for h in hits),
+            "own_clip_rank": next((h["rank"] for h in hits if h["own_clip"]), None)}
+
+
 # ---- report -----------------------------------------------------------------------------------------------------
 
 def mir_tables(data_dir: Path) -> tuple[Any, Any, Any]:
@@ -278,7 +331,18 @@ def main(argv: list[str] | None = None) -> int:
                                         clip_frame_loader(data_dir, int(config.get("num_frames", 4)),
                                                           int(config.get("crop", 64))),
                                         report / "retrieval_example.png")
+    _say("feature extraction and text search over the EK100-style test videos")
+    tic = time.perf_counter()
+    try:
+        found = search_stage(results[main_key]["run_dir"] / "checkpoint.pt", data_dir, out_root, report, env,
+                             clips, sentences, relevancy, np.load(final_eval / "mir_similarity.npy"))
+    except RuntimeError as exc:
+        print(f"\ndemo stopped: {exc}", file=sys.stderr)
+        return 1
     summary = summaries[main_key]
+    summary["search_seconds"] = time.perf_counter() - tic
+    summary["search_relevant_hits"] = found["relevant_hits"]
+    summary["search_own_clip_rank"] = found["own_clip_rank"]
     summary["wall_seconds"] = time.perf_counter() - start
     summary["data_seconds"] = data_seconds
     compare = {LABELS[k]: s for k, s in summaries.items() if k != main_key}
@@ -288,11 +352,14 @@ def main(argv: list[str] | None = None) -> int:
     metrics = {"chance": {"mir": chance, "egoschema_accuracy": 0.2, "cls_action_top1": 1.0 / num_actions},
                **{LABELS[k]: {"init": r["init"], "final": r["final"],
                               "per_epoch": curves[LABELS[k]]} for k, r in results.items()},
-               "retrieval_example": example}
+               "retrieval_example": example, "search": found}
     dr.write_json(metrics, report / "metrics.json")
     dr.write_json(summary, report / "summary.json")
     print_results(summary, compare)
-    print(f"\nreport: {report}  ({', '.join(p.name for p in plots.values())}, retrieval_example.png, "
+    rank = found["own_clip_rank"]
+    print(f"\nsearch \"{found['query']}\": {found['relevant_hits']} of {len(found['hits'])} top hits relevant; the "
+          f"query's own clip is " + (f"hit #{rank}" if rank else "NOT among them") + " (report/search.html)")
+    print(f"\nreport: {report}  ({', '.join(p.name for p in plots.values())}, retrieval_example.png, search.html, "
           f"metrics.json, summary.json)\ntotal {summary['wall_seconds'] / 60:.1f} min")
     return 0
 

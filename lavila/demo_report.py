@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["read_curves", "plot_training_curves", "pick_query", "plot_retrieval_example", "mir_chance",
-           "acceptance_target", "build_summary", "write_json"]
+__all__ = ["read_curves", "plot_training_curves", "pick_query", "pick_search_query", "plot_retrieval_example",
+           "mir_chance", "acceptance_target", "build_summary", "write_json"]
 
 
 def _pyplot():
@@ -116,6 +116,16 @@ def pick_query(relevancy: np.ndarray) -> int:
     """The sentence with the most fully relevant clips (ties: the first), a query whose top 5 can all be right."""
     counts = (np.asarray(relevancy) >= 1.0).sum(axis=0)
     return int(np.argmax(counts))
+
+
+def pick_search_query(similarity: np.ndarray, relevancy: np.ndarray, own_rows: Sequence[int]) -> int:
+    """The narration (column) whose own clip (``own_rows[column]``) the evaluated model ranks highest among all
+    clips; ties: the most fully relevant clips, then the first. The demo's search shows a query the model retrieves
+    well at clip level, found again in windows cut without knowing the clips."""
+    similarity, relevancy = np.asarray(similarity), np.asarray(relevancy)
+    ranks = [int((similarity[:, q] > similarity[own, q]).sum()) for q, own in enumerate(own_rows)]
+    counts = (relevancy >= 1.0).sum(axis=0)
+    return min(range(len(ranks)), key=lambda q: (ranks[q], -int(counts[q]), q))
 
 
 def plot_retrieval_example(similarity: np.ndarray, relevancy: np.ndarray, sentences: Sequence[str],

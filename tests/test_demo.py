@@ -77,6 +77,15 @@ def test_retrieval_example_rejects_shape_mismatch(tmp_path):
                                            lambda r: np.zeros((1, 4, 4, 3), np.uint8), tmp_path / "x.png")
 
 
+def test_pick_search_query_prefers_a_well_retrieved_own_clip():
+    relevancy = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    similarity = np.array([[0.9, 0.1, 0.2], [0.8, 0.2, 0.1], [0.1, 0.3, 0.2], [0.2, 0.4, 0.9], [0.1, 0.1, 0.5]])
+    # own clips: sentence 0 -> row 1 (ranked 2nd), 1 -> row 2 (ranked 2nd), 2 -> row 3 (ranked 1st)
+    assert demo_report.pick_search_query(similarity, relevancy, [1, 2, 3]) == 2
+    # a tie on the own clip's rank: the sentence with more fully relevant clips
+    assert demo_report.pick_search_query(similarity, relevancy, [1, 2, 4]) == 0
+
+
 def test_mir_chance_is_below_a_perfect_ranking():
     relevancy = np.kron(np.eye(4), np.ones((3, 1)))  # 12 clips, 4 sentences, 3 relevant clips each
     chance = demo_report.mir_chance(relevancy, trials=5)
@@ -164,8 +173,10 @@ def test_demo_end_to_end_tiny(tmp_path):
     for key in SUMMARY_FRACTIONS:
         assert 0.0 <= summary[key] <= 1.0, key
     assert summary["wall_seconds"] > 0 and math.isfinite(summary["wall_seconds"])
-    for name in ("loss.png", "lr.png", "retrieval_map.png", "retrieval_example.png", "metrics.json"):
+    for name in ("loss.png", "lr.png", "retrieval_map.png", "retrieval_example.png", "metrics.json", "search.html"):
         assert (report / name).stat().st_size > 1000, name
+    search = json.loads((report / "metrics.json").read_text())["search"]
+    assert len(search["hits"]) == demo.SEARCH_TOP_K and search["query"]
     stamp = (tmp_path / "data" / "manifest.json").stat().st_mtime
     rc = demo.main(["--data-dir", str(tmp_path / "data"), "--output-dir", str(tmp_path / "out"),
                     "--ego4d-videos", "2", "--ek100-test-videos", "1", "--egoschema-questions", "5",

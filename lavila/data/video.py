@@ -45,7 +45,8 @@ import numpy as np
 import torch
 
 __all__ = ["VideoDecodeError", "get_frame_ids", "open_video", "load_clip", "load_frames", "find_chunk_layout",
-           "decord_available", "video_path_key", "probe_frame_size", "preload_backends", "DEFAULT_FPS"]
+           "decord_available", "video_path_key", "probe_frame_size", "preload_backends", "DEFAULT_FPS",
+           "chunk_paths", "stream_frames", "DecodedFrame"]
 
 log = logging.getLogger(__name__)
 DEFAULT_FPS = 30.0
@@ -410,6 +411,47 @@ def _chunk_file(video_dir: str, chunk: int, naming: str, chunk_len: float) -> st
     if naming == "index":
         return os.path.join(video_dir, f"{chunk:04d}.mp4")
     return os.path.join(video_dir, f"{int(round(chunk * chunk_len))}.mp4")
+
+
+def chunk_paths(video_dir: str | os.PathLike, chunk_len: float) -> list[tuple[int, str]]:
+    """``(chunk index, path)`` of every chunk file of a chunked video, in time order."""
+    video_dir = str(video_dir)
+    naming, present = find_chunk_layout(video_dir, chunk_len)
+    return [(c, _chunk_file(video_dir, c, naming, chunk_len)) for c in present]
+
+
+class DecodedFrame:
+    """One decoded frame of :func:`stream_frames`; converted to RGB only when asked (``rgb()``)."""
+
+    __slots__ = ("_frame", "_convert")
+
+    def __init__(self, frame, convert: dict) -> None:
+        self._frame, self._convert = frame, convert
+
+    def rgb(self) -> np.ndarray:
+        """uint8 (H, W, 3)."""
+        return self._frame.to_ndarray(**self._convert)
+
+
+def stream_frames(path: str | os.PathLike, threads: int = 1):
+    """``(fps, frames)``: the file's frame rate (``DEFAULT_FPS`` when it states none) and an iterator over every
+    frame in decoding order (PyAV, one forward pass, nothing kept), for dense feature extraction. PyAV's frames
+    equal decord's bit for bit (``tests/test_data_video_seek.py``). Errors are ``VideoDecodeError`` naming the
+    path, also while iterating."""
+    reader = open_video(path, "pyav", threads)
+    fps = _fps(reader)
+
+    def frames():
+        try:
+            stream = reader._stream()
+            for frame in reader._container.decode(stream):
+                yield DecodedFrame(frame, reader._convert)
+        except Exception as exc:  # noqa: BLE001 - PyAV raises av.error.* mid-stream on corrupt data
+            raise VideoDecodeError(path, f"pyav failed while decoding ({type(exc).__name__}: {exc})") from exc
+        finally:
+            reader.close()
+
+    return fps, frames()
 
 
 def _video_dir(root: str, video_id: str) -> str:

@@ -1,7 +1,8 @@
 """Safe checkpoint and pickle I/O.
 
-* ``save_checkpoint`` writes to a temporary file in the destination folder and renames it over the target, so a kill
-  during a save never leaves a torn ``checkpoint.pt`` (the previous one stays intact).
+* ``save_checkpoint`` (``atomic_write`` for any file) writes to a temporary file in the destination folder and
+  renames it over the target, so a kill during a save never leaves a torn ``checkpoint.pt`` (the previous one stays
+  intact).
 * ``load_checkpoint`` uses ``torch.load(weights_only=True)`` with an explicit allow-list of what the released
   video-mamba-suite checkpoints contain: ``argparse.Namespace`` for ``args``, numpy arrays/scalars, and the pandas
   ``DataFrame`` that classification checkpoints keep in ``args.actions``. Anything else is refused; a file you trust
@@ -22,7 +23,7 @@ import pickle
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, BinaryIO, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -35,8 +36,9 @@ class CheckpointError(RuntimeError):
 # ------------------------------------------------------------------------------------------------ saving
 
 
-def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to ``path`` atomically (temporary file in the same folder, fsync, ``os.replace``)."""
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Write ``path`` atomically: ``write(f)`` fills a temporary file in the same folder, which is fsynced and moved
+    over ``path`` with ``os.replace`` (a reader sees the old file or the whole new one, never a part)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed in the middle of a save
@@ -44,9 +46,10 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         _fault_injection_pause()
         os.replace(tmp_name, path)
     except BaseException:
@@ -56,6 +59,17 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
             pass
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to ``path`` atomically (temporary file in the same folder, fsync, ``os.replace``)."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _fault_injection_pause() -> None:

@@ -117,8 +117,9 @@ def read_metrics(path: str | os.PathLike, kind: str | None = None) -> list[dict[
 class _PeriodicLines:
     """Iterator wrapper that prints ``desc i/total`` every ``every`` items or ``seconds`` seconds."""
 
-    def __init__(self, iterable: Iterable[Any], total: int | None, desc: str, every: int, seconds: float, file: Any):
-        self.iterable, self.total, self.desc = iterable, total, desc
+    def __init__(self, iterable: Iterable[Any], total: int | None, desc: str, every: int, seconds: float, file: Any,
+                 unit: str = "it"):
+        self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
         self.every, self.seconds, self.file = max(every, 1), seconds, file
         self.postfix = ""
 
@@ -136,7 +137,9 @@ class _PeriodicLines:
             if i % self.every == 0 or now - last >= self.seconds or i == self.total:
                 total = f"/{self.total}" if self.total else ""
                 rate = i / max(now - start, 1e-9)
-                print(f"{self.desc} {i}{total} ({rate:.2f} it/s) {self.postfix}".rstrip(), file=self.file, flush=True)
+                eta = f", ETA {_clock((self.total - i) / rate)}" if self.total and rate > 0 else ""
+                print(f"{self.desc} {i}{total} ({rate:.2f} {self.unit}/s{eta}) {self.postfix}".rstrip(),
+                      file=self.file, flush=True)
                 last = now
 
     def __len__(self) -> int:
@@ -146,9 +149,15 @@ class _PeriodicLines:
         pass
 
 
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 def progress(iterable: Iterable[Any], total: int | None = None, desc: str = "", every: int = 10,
-             seconds: float = 30.0, enabled: bool | None = None, file: Any = None) -> Any:
-    """tqdm on a terminal, periodic lines when output is redirected, nothing off rank 0.
+             seconds: float = 30.0, enabled: bool | None = None, file: Any = None, unit: str = "it") -> Any:
+    """tqdm on a terminal, periodic lines (rate in ``unit``/s and ETA) when output is redirected, nothing off
+    rank 0.
 
     The returned object iterates like ``iterable`` and has ``set_postfix_str``.
     """
@@ -157,13 +166,13 @@ def progress(iterable: Iterable[Any], total: int | None = None, desc: str = "", 
         total = len(iterable)  # type: ignore[arg-type]
     enabled = is_main_process() if enabled is None else enabled
     if not enabled:
-        return _PeriodicLines(iterable, total, desc, every=every, seconds=seconds, file=None)
+        return _PeriodicLines(iterable, total, desc, every=every, seconds=seconds, file=None, unit=unit)
     isatty = getattr(file, "isatty", lambda: False)()
     if isatty:
         try:
             from tqdm import tqdm
 
-            return tqdm(iterable, total=total, desc=desc, file=file, dynamic_ncols=True)
+            return tqdm(iterable, total=total, desc=desc, file=file, dynamic_ncols=True, unit=unit)
         except ImportError:
             pass
-    return _PeriodicLines(iterable, total, desc, every=every, seconds=seconds, file=file)
+    return _PeriodicLines(iterable, total, desc, every=every, seconds=seconds, file=file, unit=unit)
