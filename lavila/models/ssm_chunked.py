@@ -89,25 +89,24 @@ def _chunk_pair_decays(total: Tensor, A: Tensor) -> Tensor:
     return (seg[..., None] * A).masked_fill_(missing, -torch.inf).exp_()
 
 
-def _block_states(dt: Tensor, dtu: Tensor, Bc: Tensor, A: Tensor) -> tuple[Tensor, Tensor, Tensor | None,
-                                                                           Tensor | None]:
-    """dA, the states h (k, nc, r, d, n), the state entering each chunk (nc, r, d, n) and the chunk-pair decays
-    (None for a single chunk); dt, dtu: (k, nc, r, d), Bc: (k, nc, r, n), A: (d, n)."""
+def _block_states(dt: Tensor, dtu: Tensor, Bc: Tensor, A: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    """dA, the states h (k, nc, r, d, n) and the state entering each chunk (nc, r, d, n; None for one chunk);
+    dt, dtu: (k, nc, r, d), Bc: (k, nc, r, n), A: (d, n). At most three state-sized tensors at a time."""
     k, nc = dt.shape[:2]
-    dA = torch.exp(dt[..., None] * A)
+    dA = (dt[..., None] * A).exp_()
     h = dtu[..., None] * Bc[:, :, :, None, :]
     hs, dAs = h.unbind(0), dA.unbind(0)  # one op for all the views of the loop
     for t in range(1, k):
         hs[t].addcmul_(dAs[t], hs[t - 1])
     if nc == 1:
-        return dA, h, None, None
-    decays = _chunk_pair_decays(dt.sum(0), A)
-    # full state at each chunk's last step; elementwise, not einsum: a CPU bmm loops over its batch in aten ops
-    ends = (decays * h[-1]).sum(1)
+        return dA, h, None
+    # full state at each chunk's last step (elementwise, not einsum: a CPU bmm runs one aten op per batch entry)
+    ends = _chunk_pair_decays(dt.sum(0), A).mul_(h[-1]).sum(1)
     h_in = torch.zeros_like(ends)
     h_in[1:] = ends[:-1]
-    h.addcmul_(torch.cumprod(dA, 0), h_in)
-    return dA, h, h_in, decays
+    # the entering state reaches step t of its chunk decayed by exp(A * (dt[0] + .. + dt[t]))
+    h.addcmul_((dt.cumsum(0)[..., None] * A).exp_(), h_in)
+    return dA, h, h_in
 
 
 def _blocks(batch: int, d: int, rows: int, channels: int):
@@ -140,22 +139,22 @@ def chunked_backward(dt: Tensor, dtu: Tensor, ut: Tensor, Bt: Tensor, Ct: Tensor
         dtc, dtuc, gyc = (_to_chunks(t[:, bs, ds], k) for t in (dt, dtu, gy))
         Bc, Cc = _to_chunks(Bt[:, bs], k), _to_chunks(Ct[:, bs], k)
         Ab = A[ds]
-        dA, h, h_in, decays = _block_states(dtc, dtuc, Bc, Ab)
+        dA, h, h_in = _block_states(dtc, dtuc, Bc, Ab)
         # adjoint state g[t] = C[t] gy[t] + dA[t+1] g[t+1]: first inside each chunk, then the carry from later chunks
         g = gyc[..., None] * Cc[:, :, :, None, :]
         gs, dAs = g.unbind(0), dA.unbind(0)
         for t in range(k - 2, -1, -1):
             gs[t].addcmul_(dAs[t + 1], gs[t + 1])
-        if decays is not None:
+        del gs, dAs  # views: they would keep the storage alive
+        if h_in is not None:
             sent = dA[0] * g[0]  # what chunk c passes to the last step of chunk c-1
             sent[:-1] = sent[1:].clone()
             sent[-1] = 0
-            g_in = (decays * sent[:, None]).sum(0)
-            del decays, sent  # one budget-sized temporary at a time
-            suffix = torch.cumprod(dA[1:].flip(0), 0).flip(0)  # prod of dA over t+1..k-1, for t < k-1
-            g[:-1].addcmul_(suffix, g_in)
+            g_in = _chunk_pair_decays(dtc.sum(0), Ab).mul_(sent[:, None]).sum(0)
+            # ... reaching step t < k-1 of chunk c decayed by exp(A * (dt[t+1] + .. + dt[k-1]))
+            later = dtc[1:].flip(0).cumsum(0).flip(0)
+            g[:-1].addcmul_((later[..., None] * Ab).exp_(), g_in)
             g[-1].add_(g_in)
-            del suffix
         gC[:, bs] += _from_chunks(torch.matmul(h.transpose(-1, -2), gyc[..., None])[..., 0], length)
         gdBu = torch.matmul(g, Bc[..., None])[..., 0]  # sum over n of g * B
         gB[:, bs] += _from_chunks(torch.matmul(g.transpose(-1, -2), dtuc[..., None])[..., 0], length)
@@ -166,6 +165,7 @@ def chunked_backward(dt: Tensor, dtu: Tensor, ut: Tensor, Bt: Tensor, Ct: Tensor
             w[0].zero_()
         else:
             w[0].mul_(h_in)
+        del dA, h, g
         uc = _to_chunks(ut[:, bs, ds], k)
         gdt[:, bs, ds] = _from_chunks((w * Ab).sum(-1).addcmul_(gdBu, uc), length)
         gu[:, bs, ds] = _from_chunks(gdBu.mul_(dtc), length)
