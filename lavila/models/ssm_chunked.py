@@ -1,24 +1,27 @@
 """Chunked pure-PyTorch selective scan for accelerators: a number of tensor operations that does not grow with L.
 
 The step loop of :mod:`lavila.models.ssm` advances one time step per operation, so on a GPU a ViViM-T scan
-(L = 3,152) issues thousands of kernel launches. Here the sequence is cut into chunks of K = :data:`CHUNK` steps
-(K = L when shorter) and every chunk advances at once:
+(L = 3,152) issues tens of thousands of kernel launches per call. Here the sequence is cut into chunks of
+K = :data:`CHUNK` steps (K = L when shorter; the last chunk zero-padded) and all chunks advance together:
 
-* inside the chunks: K - 1 in-place steps ``h[t] += dA[t] * h[t-1]``, each over all chunks together (zero state at
-  each chunk start);
-* across chunks: the state entering chunk c is ``sum_{c' < c} exp(A * seg[c-1, c']) * h_end[c']``, where
-  ``seg[m, c']`` sums the chunks' total dt over chunks c'+1..m. The segment sums are a masked cumsum (each entry adds
-  only its own terms, and with dt >= 0, A < 0 every exponent is <= 0, so nothing overflows), the carry one batched
-  matmul over the nc x nc chunk pairs;
-* the entering state reaches every step of its chunk through the running product of dA (one cumprod).
+1. each chunk's own end state (from a zero start) in one batched reduction:
+   ``sum_t exp(A * (dt[t+1] + .. + dt[K-1])) * dt[t] u[t] B[t]``;
+2. the state entering chunk c: ``sum_{c' < c} exp(A * seg[c-1, c']) * own[c']``, where ``seg[m, c']`` sums the
+   chunks' total dt over chunks c'+1..m. Segment sums are a masked cumsum, so every entry adds only its own terms
+   (no difference of long running sums) and, with dt >= 0 and A < 0, every exponent is <= 0: nothing overflows;
+3. the entering state is put on each chunk's first step and K - 1 in-place steps ``h[t] += dA[t] * h[t-1]`` run
+   over all chunks at once.
 
-The backward recomputes a block's states from the inputs (nothing else is saved) and runs the adjoint recurrence
-the same way backwards. Work is split into blocks (ranges of batch rows and channels) whose state tensors hold at
-most ``block`` elements, the same budget as the step loop's accelerator blocks had. The aten operations of one
-fwd+bwd call are at most ``OPS_PER_BLOCK_STEP * K + OPS_PER_BLOCK`` per block plus ``OPS_PER_CALL`` (measured with
-torch.profiler, views included; ``tests/test_ssm_chunked.py`` checks it): independent of L for a given block
-count; a call needs more than one block only when its (L x rows x channels x n) states exceed the budget, and then
-every block's operations are budget-sized, not launch-bound.
+The backward recomputes a block's states from the inputs (nothing else is saved) and carries the adjoint the
+same way backwards (each chunk's adjoint at its first step from a zero carry, the segment-sum carry, one reverse
+loop). At most three state-sized tensors (K x nc x rows x channels x n) are alive at a time, as in the step loop.
+Blocks (ranges of batch rows and channels) keep those tensors, and the (nc x nc x ...) chunk-pair decays, within
+``block`` elements, the budget the step loop's accelerator blocks had.
+
+The bound (:func:`op_bound`): the aten operations of one fwd+bwd call, views included, as torch.profiler counts
+them on CPU, are at most ``OPS_PER_BLOCK_STEP * K + OPS_PER_BLOCK`` per block plus ``OPS_PER_CALL``, whatever L:
+with K = 64, 2,010 for a call that fits one block (ViViM-T at 16 frames, batch 2). A call is split into several
+blocks only when its states exceed the budget, and then each block's operations are budget-sized.
 
 Layout as in the step loop: time-major ``dt, dtu, u: (l, b, d)``, ``B, C: (l, b, n)``, ``A: (d, n)``.
 """
@@ -34,9 +37,10 @@ __all__ = ["CHUNK", "chunk_plan", "chunked_forward", "chunked_backward", "count_
 CHUNK = 64
 # The stated bound on the aten ops of one fwd+bwd call, views included (torch.profiler on CPU; checked by
 # tests/test_ssm_chunked.py): per block 15 per in-chunk step (3 addcmul_ kernels, 12 views: the forward loop, its
-# recomputation and the adjoint loop) and ~620 others (measured); ~135 per call. With K = 64: <= 1,910 for one block.
+# recomputation and the adjoint loop) and ~735 others; ~140 per call (measured: 1,693 per block and 137 per call at
+# K = 64 with a padded tail). With K = 64: at most 2,010 for a call of one block (1,830 measured).
 OPS_PER_BLOCK_STEP = 15
-OPS_PER_BLOCK = 800
+OPS_PER_BLOCK = 900
 OPS_PER_CALL = 150
 
 
@@ -65,7 +69,8 @@ def _to_chunks(x: Tensor, k: int) -> Tensor:
     full, tail = divmod(length, k)
     if not tail:
         return x.view(full, k, *rest).transpose(0, 1).contiguous()
-    # no torch.cat: on CPU it splits large inputs into one narrow per piece, an op count that would follow L
+    # No torch.cat (on CPU it splits large inputs into one narrow per piece) and no zeros of L-dependent size (a CPU
+    # zero_ adds a fill_ from 32k elements): profiler counts on CPU that would follow L, not the GPU's launches.
     out = x.new_empty(k, full + 1, *rest)
     out.transpose(0, 1)[:full] = x[: full * k].view(full, k, *rest)
     out[:tail, full] = x[full * k:]
@@ -89,23 +94,54 @@ def _chunk_pair_decays(total: Tensor, A: Tensor) -> Tensor:
     return (seg[..., None] * A).masked_fill_(missing, -torch.inf).exp_()
 
 
+def _sums_after(dt: Tensor) -> Tensor:
+    """dt[t+1] + .. + dt[k-1] for each step t of each chunk (0 at the last step); dt: (k, nc, r, d)."""
+    out = torch.empty_like(dt)  # not zeros_like: see _to_chunks
+    out[:-1] = dt[1:].flip(0).cumsum(0).flip(0)
+    out[-1] = 0
+    return out
+
+
+def _sums_before(dt: Tensor) -> Tensor:
+    """dt[1] + .. + dt[t] for each step t of each chunk (0 at the first step)."""
+    out = torch.empty_like(dt)
+    out[1:] = dt[1:].cumsum(0)
+    out[0] = 0
+    return out
+
+
+def _carry(own: Tensor, total: Tensor, A: Tensor, forward: bool) -> Tensor:
+    """What each chunk receives from the others: forward, the state entering chunk c from the chunks' own end states
+    (zero start); backward, the adjoint reaching the last step of chunk c from what the later chunks pass back."""
+    decays = _chunk_pair_decays(total, A)
+    if forward:
+        ends = decays.mul_(own[None]).sum(1)  # full end state of each chunk
+        out = torch.empty_like(ends)
+        out[1:] = ends[:-1]
+        out[0] = 0
+        return out
+    sent = torch.empty_like(own)
+    sent[:-1] = own[1:]
+    sent[-1] = 0
+    return decays.mul_(sent[:, None]).sum(0)
+
+
 def _block_states(dt: Tensor, dtu: Tensor, Bc: Tensor, A: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
     """dA, the states h (k, nc, r, d, n) and the state entering each chunk (nc, r, d, n; None for one chunk);
-    dt, dtu: (k, nc, r, d), Bc: (k, nc, r, n), A: (d, n). At most three state-sized tensors at a time."""
+    dt, dtu: (k, nc, r, d), Bc: (k, nc, r, n), A: (d, n). At most two state-sized tensors at a time."""
     k, nc = dt.shape[:2]
     dA = (dt[..., None] * A).exp_()
+    h_in = None
+    if nc > 1:
+        # each chunk's end state from a zero start: sum over t of exp(A * (dt[t+1] + .. + dt[k-1])) dtu[t] B[t]
+        own = (_sums_after(dt)[..., None] * A).exp_().mul_(dtu[..., None]).mul_(Bc[:, :, :, None, :]).sum(0)
+        h_in = _carry(own, dt.sum(0), A, forward=True)
     h = dtu[..., None] * Bc[:, :, :, None, :]
+    if h_in is not None:
+        h[0].addcmul_(dA[0], h_in)
     hs, dAs = h.unbind(0), dA.unbind(0)  # one op for all the views of the loop
     for t in range(1, k):
         hs[t].addcmul_(dAs[t], hs[t - 1])
-    if nc == 1:
-        return dA, h, None
-    # full state at each chunk's last step (elementwise, not einsum: a CPU bmm runs one aten op per batch entry)
-    ends = _chunk_pair_decays(dt.sum(0), A).mul_(h[-1]).sum(1)
-    h_in = torch.zeros_like(ends)
-    h_in[1:] = ends[:-1]
-    # the entering state reaches step t of its chunk decayed by exp(A * (dt[0] + .. + dt[t]))
-    h.addcmul_((dt.cumsum(0)[..., None] * A).exp_(), h_in)
     return dA, h, h_in
 
 
@@ -113,6 +149,14 @@ def _blocks(batch: int, d: int, rows: int, channels: int):
     for b0 in range(0, batch, rows):
         for d0 in range(0, d, channels):
             yield slice(b0, min(batch, b0 + rows)), slice(d0, min(d, d0 + channels))
+
+
+def _accumulate(out: Tensor, value: Tensor, length: int, first: bool) -> None:
+    """out (l, ...) = or += value (k, nc, ...): the channel blocks of one batch range sum their gradients of B, C."""
+    if first:
+        out.copy_(_from_chunks(value, length))
+    else:
+        out.add_(_from_chunks(value, length))
 
 
 def chunked_forward(dt: Tensor, dtu: Tensor, Bt: Tensor, Ct: Tensor, A: Tensor, block: int,
@@ -134,30 +178,28 @@ def chunked_backward(dt: Tensor, dtu: Tensor, ut: Tensor, Bt: Tensor, Ct: Tensor
     length, batch, d = dt.shape
     k, rows, channels = chunk_plan(batch, d, A.shape[1], length, block, chunk)
     gu, gdt = torch.empty_like(dt), torch.empty_like(dt)
-    gB, gC, gA = torch.zeros_like(Bt), torch.zeros_like(Ct), torch.zeros_like(A)
+    gB, gC, gA = torch.empty_like(Bt), torch.empty_like(Ct), torch.zeros_like(A)
     for bs, ds in _blocks(batch, d, rows, channels):
         dtc, dtuc, gyc = (_to_chunks(t[:, bs, ds], k) for t in (dt, dtu, gy))
         Bc, Cc = _to_chunks(Bt[:, bs], k), _to_chunks(Ct[:, bs], k)
         Ab = A[ds]
         dA, h, h_in = _block_states(dtc, dtuc, Bc, Ab)
-        # adjoint state g[t] = C[t] gy[t] + dA[t+1] g[t+1]: first inside each chunk, then the carry from later chunks
+        _accumulate(gC[:, bs], torch.matmul(h.transpose(-1, -2), gyc[..., None])[..., 0], length, ds.start == 0)
+        # adjoint state g[t] = C[t] gy[t] + dA[t+1] g[t+1], carried between chunks like the states
+        g_in = None
+        if h_in is not None:
+            # each chunk's adjoint at its first step from a zero carry, times dA there: what it passes back
+            own = (_sums_before(dtc)[..., None] * Ab).exp_().mul_(Cc[:, :, :, None, :]).mul_(gyc[..., None]).sum(0)
+            g_in = _carry(own.mul_(dA[0]), dtc.sum(0), Ab, forward=False)
         g = gyc[..., None] * Cc[:, :, :, None, :]
+        if g_in is not None:
+            g[-1].add_(g_in)
         gs, dAs = g.unbind(0), dA.unbind(0)
         for t in range(k - 2, -1, -1):
             gs[t].addcmul_(dAs[t + 1], gs[t + 1])
         del gs, dAs  # views: they would keep the storage alive
-        if h_in is not None:
-            sent = dA[0] * g[0]  # what chunk c passes to the last step of chunk c-1
-            sent[:-1] = sent[1:].clone()
-            sent[-1] = 0
-            g_in = _chunk_pair_decays(dtc.sum(0), Ab).mul_(sent[:, None]).sum(0)
-            # ... reaching step t < k-1 of chunk c decayed by exp(A * (dt[t+1] + .. + dt[k-1]))
-            later = dtc[1:].flip(0).cumsum(0).flip(0)
-            g[:-1].addcmul_((later[..., None] * Ab).exp_(), g_in)
-            g[-1].add_(g_in)
-        gC[:, bs] += _from_chunks(torch.matmul(h.transpose(-1, -2), gyc[..., None])[..., 0], length)
         gdBu = torch.matmul(g, Bc[..., None])[..., 0]  # sum over n of g * B
-        gB[:, bs] += _from_chunks(torch.matmul(g.transpose(-1, -2), dtuc[..., None])[..., 0], length)
+        _accumulate(gB[:, bs], torch.matmul(g.transpose(-1, -2), dtuc[..., None])[..., 0], length, ds.start == 0)
         # w = g * dA * h[t-1]: the gradient with respect to dt * A through exp
         w = g.mul_(dA)
         w[1:].mul_(h[:-1])
