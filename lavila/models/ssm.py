@@ -14,9 +14,11 @@ Backends (:func:`selective_scan`, ``backend=`` or ``$LAVILA_SCAN_BACKEND``; 'aut
   one pass per direction with the (n,) state in registers; this is what the models use on CPU and what
   ``benchmarks/bench_selective_scan.py`` measures;
 * ``torch`` -- pure PyTorch, any device: a custom autograd function with a hand-written backward (the adjoint is
-  the same recurrence run backwards). The work is tiled into blocks of (time chunk x batch rows) small enough to
-  stay in cache; inside a block the recurrence is one in-place ``addcmul_`` per step on a contiguous slice, and the
-  reductions over ``n``/``d`` are batched matmuls. Only the states at chunk starts are kept for the backward.
+  the same recurrence run backwards). On CPU the work is tiled into blocks of (time chunk x batch rows) small enough
+  to stay in cache; inside a block the recurrence is one in-place ``addcmul_`` per step on a contiguous slice, and
+  the reductions over ``n``/``d`` are batched matmuls. Only the states at chunk starts are kept for the backward.
+  On accelerators, where every operation is a kernel launch, it is the chunked scan of
+  :mod:`lavila.models.ssm_chunked`: a number of operations per call that does not grow with the length.
 
 Every backend keeps the state in float32 (float64 for float64 inputs) whatever autocast says, and returns u's dtype.
 :func:`selective_scan_reference` is the plain step-by-step recurrence (the test oracle).
