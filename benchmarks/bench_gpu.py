@@ -1,13 +1,20 @@
-"""GPU benchmark (issue 9, target 5): full-size train steps in bf16 and the selective scan on CUDA.
+"""GPU benchmark (issue 9 target 5, issue 21 part 2): full-size train steps in bf16 and the selective scan on CUDA.
 
 Needs a CUDA device; without one it prints why and exits 0, and ``run_all.py`` shows one row saying so.
 
-* Train step of the full CLIP model (TimeSformer-B or TimeMamba-B video tower + CLIP text tower), 4 frames 224 px,
-  batch 32, bf16 autocast, ClipLoss, backward, AdamW (the engines' parameter groups): clips/s and peak GPU memory,
-  with and without gradient checkpointing; TimeMamba-B once per available scan backend (pure PyTorch ``torch``,
-  mamba_ssm's ``cuda`` kernels when importable). Baseline column: TimeSformer-B without checkpointing.
-* Selective scan fwd+bwd in fp32 at the issue's shapes (TimeMamba f4/f16, ViViM-T): pure-PyTorch backend vs the CUDA
-  kernels, with the max abs difference of the outputs.
+* Train step of the full CLIP model (video tower + CLIP text tower), 224 px, batch 32, bf16 autocast, ClipLoss,
+  backward, AdamW (the engines' parameter groups): clips/s and peak GPU memory. TimeSformer-B and TimeMamba-B at
+  4 frames, each with and without gradient checkpointing, TimeMamba-B once per available scan backend (pure
+  PyTorch ``torch``, which is the chunked scan on a GPU, and mamba_ssm's ``cuda`` kernels when importable); ViViM-T
+  at 16 frames (L = 3,152 tokens) per scan backend. Baseline column: TimeSformer-B without checkpointing.
+* Every Mamba row checks, inside the timed process, that the scan really ran on the backend it is labelled with:
+  ``resolve_backend`` gives it, and counted calls show that backend only (on a GPU the torch backend must be the
+  chunked scan). A mismatch is a FAIL row with the counts, not a figure.
+* Selective scan alone, fwd+bwd in fp32, at the TimeMamba-B (6,272 sequences of 4 steps, d_inner 768) and ViViM-T
+  (batch 32, d_inner 384, L = 3,152) shapes of the train steps: chunked torch scan vs the CUDA kernels.
+* Issue-21 targets, as rows with a ratio target: TimeMamba-B with kernels >= 0.8x TimeSformer-B clips/s; the torch
+  scan >= 0.5x the kernels at TimeMamba-B shape (scan alone); ViViM-T training with the torch scan >= 0.25x with
+  kernels.
 * SDPA: one TimeSformer-B bf16 train step with attention restricted to the flash backend, to show every attention
   call of the tower can take it (an error would say which cannot).
 
@@ -17,6 +24,7 @@ small models without a GPU (a smoke test of the script itself).
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import statistics
@@ -31,20 +39,60 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import format_table, make_row  # noqa: E402
 
-from lavila.models import create_model  # noqa: E402
+from lavila.models import create_model, ssm  # noqa: E402
 from lavila.models.mamba import BiMambaMixer  # noqa: E402
-from lavila.models.ssm import cuda_scan_available, selective_scan  # noqa: E402
+from lavila.models.ssm import cuda_scan_available, resolve_backend, selective_scan  # noqa: E402
 from lavila.train.losses import ClipLoss  # noqa: E402
 from lavila.train.optim import param_groups  # noqa: E402
 
-TOWERS = {"TimeSformer-B": "CLIP_TimeSformerB16", "TimeMamba-B": "CLIP_TimeMamba_like_timesformer"}
+TOWERS = {"TimeSformer-B": "CLIP_TimeSformerB16", "TimeMamba-B": "CLIP_TimeMamba_like_timesformer",
+          "ViViM-T": "CLIP_ViViM_tiny"}
+VIVIM_FRAMES = 16
 TINY = {"embed_dim": 64, "depth": 2, "num_heads": 2, "img_size": 32, "patch_size": 16, "text_width": 64,
         "text_layers": 1, "text_heads": 2, "project_embed_dim": 32}
-SCAN_SHAPES = {  # label: (batch, d_inner, d_state, length)
-    "TimeMamba f4": (392, 768, 16, 4),
-    "TimeMamba f16": (392, 768, 16, 16),
-    "ViViM-T": (2, 384, 16, 197 * 16),
+SCAN_SHAPES = {  # label: (batch, d_inner, d_state, length), the scans of the batch-32 train steps
+    "TimeMamba-B f4": (32 * 196, 768, 16, 4),
+    "ViViM-T f16": (32, 384, 16, 197 * 16),
 }
+
+
+class ScanCalls:
+    """Counts the selective-scan calls per backend in this process (the timed one), to assert which one ran."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter = collections.Counter()
+        self._saved: dict = {}
+
+    def __enter__(self) -> ScanCalls:
+        def counted(name: str, fn):
+            def wrapper(*args, **kwargs):
+                self.counts[name] += 1
+                return fn(*args, **kwargs)
+            return wrapper
+
+        cuda_fn = ssm._cuda_selective_scan_fn
+        self._saved = {k: getattr(ssm, k) for k in ("selective_scan_torch", "selective_scan_cpu",
+                                                    "_cuda_selective_scan_fn", "chunked_forward")}
+        ssm.selective_scan_torch = counted("torch", ssm.selective_scan_torch)
+        ssm.selective_scan_cpu = counted("cpu", ssm.selective_scan_cpu)
+        ssm.chunked_forward = counted("torch-chunked", ssm.chunked_forward)
+        ssm._cuda_selective_scan_fn = lambda: None if cuda_fn() is None else counted("cuda", cuda_fn())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for k, v in self._saved.items():
+            setattr(ssm, k, v)
+
+    def check(self, backend: str, device: torch.device) -> None:
+        """Raise unless every scan call of the block went through ``backend`` (the chunked form for torch on a GPU)."""
+        resolved = resolve_backend(backend, device)
+        calls = {k: v for k, v in self.counts.items() if v}
+        others = {k: v for k, v in calls.items() if k not in (backend, "torch-chunked")}
+        ok = resolved == backend and calls.get(backend, 0) > 0 and not others
+        if backend == "torch" and device.type != "cpu":
+            ok = ok and calls.get("torch-chunked", 0) == calls.get("torch", 0)
+        if not ok:
+            raise RuntimeError(f"scan backend check failed: asked {backend!r}, resolved {resolved!r}, calls {calls}")
 
 
 def _sync(device: torch.device) -> None:
@@ -68,7 +116,8 @@ def timed(fn, device: torch.device, steps: int, warmup: int) -> float:
 
 def train_step(name: str, device: torch.device, frames: int, batch: int, ckpt: bool, backend: str | None,
                steps: int, warmup: int, tiny: bool, flash_only: bool = False) -> tuple[float, float]:
-    """(clips/s, peak memory in GiB) of full CLIP train steps in bf16 autocast (fp32 on CPU)."""
+    """(clips/s, peak memory in GiB) of full CLIP train steps in bf16 autocast (fp32 on CPU); with ``backend``, the
+    scan calls of the timed steps are checked to have run on it (RuntimeError otherwise)."""
     torch.manual_seed(0)
     model = create_model(name, num_frames=frames, **(TINY if tiny else {})).to(device).train()
     if backend is not None:
@@ -99,7 +148,10 @@ def train_step(name: str, device: torch.device, frames: int, batch: int, ckpt: b
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = timed(step, device, steps, warmup)
+    with ScanCalls() as calls:
+        seconds = timed(step, device, steps, warmup)
+    if backend is not None:
+        calls.check(backend, device)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     return batch / seconds, peak
 
@@ -121,6 +173,14 @@ def scan_step(inputs: dict[str, torch.Tensor], backend: str) -> torch.Tensor:
     return y.detach()
 
 
+def timed_scan(inputs: dict[str, torch.Tensor], backend: str, device: torch.device, steps: int) -> float:
+    """Median seconds of a fwd+bwd scan, the backend checked inside this (the timed) process."""
+    with ScanCalls() as calls:
+        seconds = timed(lambda: scan_step(inputs, backend), device, max(1, steps // 2), 1)
+    calls.check(backend, device)
+    return seconds
+
+
 class _Rows(list):
     """Result rows, each also printed when it is added (a run cut short by a time limit keeps what it measured)."""
 
@@ -130,22 +190,42 @@ class _Rows(list):
               f"{row.get('notes', '')}", flush=True)
 
 
+def _failed(name: str, unit: str, exc: Exception) -> dict:
+    """A FAIL row for a measurement that raised (backend mismatch, out of memory): the reason, not a figure."""
+    return {"name": name, "baseline": float("nan"), "ours": float("nan"), "ratio": float("nan"), "target": "runs",
+            "passed": False, "unit": unit, "notes": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+
+
 def measure(device: torch.device, tiny: bool, steps: int, warmup: int, frames: int, batch: int) -> list[dict]:
     rows: list[dict] = _Rows()
     backends = ["torch"] + (["cuda"] if device.type == "cuda" and cuda_scan_available() else [])
-    cfg = f"{frames}f {'tiny' if tiny else '224px'} batch {batch} {'bf16' if device.type == 'cuda' else 'fp32'}"
+    prec = "bf16" if device.type == "cuda" else "fp32"
+    cfg = f"{frames}f {'tiny' if tiny else '224px'} batch {batch} {prec}"
     base, base_mem = train_step(TOWERS["TimeSformer-B"], device, frames, batch, False, None, steps, warmup, tiny)
-    for label, name in TOWERS.items():
-        for backend in (backends if "Mamba" in label else [None]):
-            for ckpt in (False, True):
-                if label == "TimeSformer-B" and not ckpt:
-                    cps, mem = base, base_mem
-                else:
-                    cps, mem = train_step(name, device, frames, batch, ckpt, backend, steps, warmup, tiny)
-                what = f"train step {label} {cfg}, grad ckpt {'on' if ckpt else 'off'}"
-                what += f", scan {backend}" if backend else ""
-                rows.append(make_row(what + " (vs TimeSformer-B, no ckpt)", base, cps, "clips/s", "info", None,
-                                     higher_is_better=True, notes=f"peak {mem:.1f} GiB (baseline {base_mem:.1f})"))
+    cps_of: dict[tuple[str, str | None, bool], float] = {("TimeSformer-B", None, False): base}
+    plan = [("TimeSformer-B", frames, None, True)]
+    plan += [("TimeMamba-B", frames, b, ckpt) for b in backends for ckpt in (False, True)]
+    plan += [("ViViM-T", VIVIM_FRAMES, b, False) for b in backends]
+    for label, n_frames, backend, ckpt in plan:
+        what = f"train step {label} {cfg.replace(f'{frames}f', f'{n_frames}f')}, grad ckpt {'on' if ckpt else 'off'}"
+        what += f", scan {backend}" if backend else ""
+        try:
+            cps, mem = train_step(TOWERS[label], device, n_frames, batch, ckpt, backend, steps, warmup, tiny)
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+            rows.append(_failed(what, "clips/s", exc))
+            continue
+        cps_of[(label, backend, ckpt)] = cps
+        notes = f"peak {mem:.1f} GiB (baseline {base_mem:.1f})"
+        notes += f"; scan backend checked in this process: {backend}" if backend else ""
+        rows.append(make_row(what + " (vs TimeSformer-B, no ckpt)", base, cps, "clips/s", "info", None,
+                             higher_is_better=True, notes=notes))
+    if ("TimeMamba-B", "cuda", False) in cps_of:
+        rows.append(make_row(f"issue 21: TimeMamba-B with kernels vs TimeSformer-B, {cfg}", base,
+                             cps_of[("TimeMamba-B", "cuda", False)], "clips/s", 0.8, higher_is_better=True))
+    if ("ViViM-T", "cuda", False) in cps_of and ("ViViM-T", "torch", False) in cps_of:
+        rows.append(make_row(f"issue 21: ViViM-T {VIVIM_FRAMES}f training, torch scan vs kernels",
+                             cps_of[("ViViM-T", "cuda", False)], cps_of[("ViViM-T", "torch", False)], "clips/s",
+                             0.25, higher_is_better=True))
     if device.type == "cuda":
         try:
             cps, mem = train_step(TOWERS["TimeSformer-B"], device, frames, batch, False, None, steps, warmup, tiny,
@@ -160,18 +240,25 @@ def measure(device: torch.device, tiny: bool, steps: int, warmup: int, frames: i
     for label, shape in SCAN_SHAPES.items():
         if tiny:
             shape = (2, 8, 4, min(shape[3], 16))
-        inputs = scan_inputs(shape, device)
-        ref_y = scan_step(inputs, "torch")
-        t_torch = timed(lambda x=inputs: scan_step(x, "torch"), device, max(1, steps // 2), 1)
-        if "cuda" not in backends:
-            rows.append(make_row(f"selective scan fwd+bwd {label} {shape} fp32, torch backend", t_torch, t_torch,
-                                 "s", "info", None, notes="mamba_ssm CUDA kernels not importable"))
+        name = f"selective scan fwd+bwd {label} {shape} fp32"
+        try:
+            inputs = scan_inputs(shape, device)
+            ref_y = scan_step(inputs, "torch")
+            t_torch = timed_scan(inputs, "torch", device, steps)
+            if "cuda" not in backends:
+                rows.append(make_row(f"{name}, torch backend", t_torch, t_torch, "s", "info", None,
+                                     notes="mamba_ssm CUDA kernels not importable"))
+                continue
+            diff = (scan_step(inputs, "cuda") - ref_y).abs().max().item()
+            t_cuda = timed_scan(inputs, "cuda", device, steps)
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+            rows.append(_failed(name, "s", exc))
             continue
-        y = scan_step(inputs, "cuda")
-        diff = (y - ref_y).abs().max().item()
-        t_cuda = timed(lambda x=inputs: scan_step(x, "cuda"), device, max(1, steps // 2), 1)
-        rows.append(make_row(f"selective scan fwd+bwd {label} {shape} fp32: cuda kernels vs torch backend", t_torch,
-                             t_cuda, "s", "info", None, notes=f"max |y_cuda - y_torch| {diff:.1e}"))
+        target = 0.5 if label.startswith("TimeMamba") else "info"
+        tag = " (issue 21)" if target != "info" else ""
+        rows.append(make_row(f"{name}: chunked torch scan vs cuda kernels{tag}", t_cuda, t_torch, "s", target,
+                             notes=f"max |y_cuda - y_torch| {diff:.1e}; backends checked in this process"))
+        del inputs
     return rows
 
 

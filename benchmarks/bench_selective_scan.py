@@ -16,7 +16,13 @@ the largest gradient difference from pscan's (relative to the largest gradient),
 inputs (the subprocess's peak RSS, reset through /proc/self/clear_refs after the inputs are made, minus its RSS
 then).
 Targets: >= 5x pscan at ViViM-T, >= 2x at both TimeMamba shapes, error <= 1e-4, memory <= pscan's.
-Standalone: ``python benchmarks/bench_selective_scan.py [--quick] [--json]``.
+
+Issue 21 (the pure-PyTorch scan on accelerators): aten operations of one fwd+bwd call, counted with torch.profiler on
+CPU with the accelerator path forced, at the ViViM-T shape and L = 197 x 4, 8, 16 frames: the chunked scan
+(``lavila.models.ssm_chunked``) against the step loop with the accelerator blocks it had before (baseline), with
+each one's peak memory above the inputs (own subprocess) and the stated bound (``ssm_chunked.op_bound``). Target:
+the chunked count is the same at the three lengths and within the bound, its memory within the step loop's.
+Standalone: ``python benchmarks/bench_selective_scan.py [--quick] [--json] [--ops-only]``.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -151,6 +158,71 @@ def _spawn(method: str, shape: str, repeats: int, out: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+OPS_SHAPE = (2, 384, 16)  # ViViM-T: batch 2, d_inner 384, d_state 16
+OPS_LENGTHS = (197 * 4, 197 * 8, 197 * 16)
+
+
+def ops_worker(method: str, length: int) -> None:
+    """Runs in a subprocess: peak memory of one fwd+bwd call on the accelerator path, then its aten-op count."""
+    from lavila.models import ssm
+    from lavila.models.ssm_chunked import count_aten_ops
+
+    torch.set_num_threads(THREADS)
+    if method == "chunked":
+        ssm._use_chunked = lambda device: True
+    else:  # the step loop with the accelerator blocks it had before issue 21 (~256 MB of states per block)
+        ssm._use_chunked = lambda device: False
+        ssm._BLOCK_ELEMS = ssm._ACCEL_BLOCK_ELEMS
+    t = make_inputs(*OPS_SHAPE, length)
+    leaves = [t[k].clone().requires_grad_() for k in ARG_NAMES]
+    fn = _ours("torch")
+
+    def step():
+        fn(*leaves).backward(t["gout"])
+
+    peak_reset = _reset_peak_rss()
+    rss0 = _status_mb("VmRSS") if peak_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    step()
+    seconds = time.perf_counter() - t0
+    peak = _status_mb("VmHWM") if peak_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"ops": count_aten_ops(step), "mem_mb": peak - rss0, "seconds": seconds}))
+
+
+def measure_ops() -> dict:
+    results = {}
+    for length in OPS_LENGTHS:
+        for method in ("chunked", "steploop"):
+            cmd = [sys.executable, __file__, "--ops-worker", method, "--length", str(length)]
+            env = dict(os.environ, OMP_NUM_THREADS=str(THREADS))
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+            if proc.returncode != 0:
+                raise RuntimeError(f"op count of {method} at L={length} failed:\n{proc.stderr[-3000:]}")
+            results[(method, length)] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return results
+
+
+def ops_rows() -> list[dict]:
+    """Issue 21: aten ops per fwd+bwd call of the accelerator path at three lengths (flat in L, within the bound)."""
+    from lavila.models.ssm import _ACCEL_BLOCK_ELEMS
+    from lavila.models.ssm_chunked import op_bound
+
+    res = measure_ops()
+    flat = len({res[("chunked", length)]["ops"] for length in OPS_LENGTHS}) == 1
+    rows = []
+    for length in OPS_LENGTHS:
+        ours, base = res[("chunked", length)], res[("steploop", length)]
+        bound = op_bound(*OPS_SHAPE, length, _ACCEL_BLOCK_ELEMS)
+        ok = flat and ours["ops"] <= bound and ours["mem_mb"] <= base["mem_mb"]
+        rows.append(make_row(
+            f"selective scan fwd+bwd aten ops per call, accelerator path forced on CPU, ViViM-T "
+            f"({'x'.join(map(str, OPS_SHAPE))}, L={length}): chunked vs step loop", base["ops"], ours["ops"],
+            "aten ops", "flat in L, <= bound, mem <= step loop's", bool(ok),
+            notes=f"bound {bound}; peak mem +{ours['mem_mb']:.0f} MB (step loop +{base['mem_mb']:.0f}); "
+                  f"CPU time of one call {ours['seconds']:.2f} s (step loop {base['seconds']:.2f}), info"))
+    return rows
+
+
 def reference_float64(t: dict) -> torch.Tensor:
     """The recurrence step by step in float64 (time-major, chunks of decays precomputed; no autograd)."""
     u, delta, A, B, C, D, z, bias = (t[k].double() for k in ARG_NAMES)
@@ -198,7 +270,7 @@ def measure(quick: bool, with_fallback: bool = False) -> dict:
 
 
 def run(quick: bool = False, with_fallback: bool = False) -> list[dict]:
-    """Rows for benchmarks/run_all.py (which leaves out the pure-PyTorch fallback rows)."""
+    """Rows for benchmarks/run_all.py (which leaves out the pure-PyTorch fallback rows), then the op-count rows."""
     res = measure(quick, with_fallback)
     rows = []
     for shape, (batch, d, n, length, target) in SHAPES.items():
@@ -224,7 +296,7 @@ def run(quick: bool = False, with_fallback: bool = False) -> list[dict]:
             seq = res[(shape, "sequential")]
             rows.append(make_row(f"{label} vs sequential step loop", seq["median"], res[(shape, 'ours')]["median"],
                                  "s", "info", None, notes=f"step loop err {seq['err']:.1e}, +{seq['mem_mb']:.0f} MB"))
-    return rows
+    return rows + ops_rows()
 
 
 def main() -> None:
@@ -233,7 +305,11 @@ def main() -> None:
     parser.add_argument("--with-fallback", action="store_true",
                         help="also time the pure-PyTorch fallback (backend='torch'; slow, informational)")
     parser.add_argument("--json", action="store_true", help="also print the rows as JSON")
+    parser.add_argument("--ops-only", action="store_true",
+                        help="only the issue-21 rows: aten ops per call of the accelerator path at three lengths")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--ops-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--shape", help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=3, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -241,7 +317,10 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.shape, args.repeats, args.out)
         return
-    rows = run(args.quick, args.with_fallback)
+    if args.ops_worker:
+        ops_worker(args.ops_worker, args.length)
+        return
+    rows = ops_rows() if args.ops_only else run(args.quick, args.with_fallback)
     print(format_table(rows))
     if args.json:
         print(json.dumps(rows, indent=1))

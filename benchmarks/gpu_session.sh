@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# One-shot GPU check for a lent machine with a short time budget (how benchmarks/RESULTS.md's GPU figures were made).
+# One-shot GPU check for a lent machine with a short time budget (how benchmarks/RESULTS.md's GPU figures were made;
+# issue 21 part 2: the gpu tests with the kernels built, then bench_gpu.py's train steps, scan-alone timings and the
+# issue-21 target rows, every scan backend asserted inside the timed process).
 # Every stage has its own time limit and a failed stage does not stop the next one; logs go to $OUT.
 #
 #   OUT=/tmp/gpu_out WHEELS=dir SDISTS=dir bash benchmarks/gpu_session.sh
@@ -21,6 +23,7 @@ stage "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 nvcc --version 2>/dev/null | tail -1
 $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
+date -u +"%Y-%m-%d %H:%M UTC"
 
 SITE=/tmp/lavila_site
 if [ -n "${WHEELS:-}" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
@@ -38,10 +41,10 @@ fi
 
 stage "gpu tests (models, scan, engines)"
 timeout 240 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_models_forward.py tests/test_ssm.py \
-  tests/test_engines_gpu.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -15
+  tests/test_ssm_chunked.py tests/test_engines_gpu.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -15
 
 stage "bench_gpu.py (pure-PyTorch scan)"
-timeout 240 $PY benchmarks/bench_gpu.py --steps 5 --warmup 2 --markdown --json "$OUT/bench_gpu_torch.json" 2>&1 | tee "$OUT/bench_gpu_torch.md"
+timeout 240 $PY benchmarks/bench_gpu.py --steps 3 --warmup 1 --markdown --json "$OUT/bench_gpu_torch.json" 2>&1 | tee "$OUT/bench_gpu_torch.md"
 
 if [ -n "$BUILD_PID" ]; then
   stage "waiting for the kernel build (until ${BUILD_DEADLINE_S} s)"
@@ -51,11 +54,12 @@ if [ -n "$BUILD_PID" ]; then
   elif wait "$BUILD_PID"; then
     export PYTHONPATH="/tmp/lavila_kernels/site:$PYTHONPATH"
     $PY -c "from lavila.models.ssm import cuda_scan_available as a; print('mamba_ssm kernels importable:', a())"
-    $PY -c "import mamba_ssm.ops.selective_scan_interface" 2>&1 | tail -3
-    stage "gpu scan test and bench_gpu.py with the CUDA kernels"
-    timeout 90 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_ssm.py tests/test_models_forward.py 2>&1 \
-      | tee "$OUT/pytest_gpu_kernels.log" | tail -6
-    timeout 200 $PY benchmarks/bench_gpu.py --steps 5 --warmup 2 --markdown --json "$OUT/bench_gpu_cuda.json" 2>&1 \
+    $PY -c "import mamba_ssm, mamba_ssm.ops.selective_scan_interface; print('mamba_ssm', mamba_ssm.__version__)" 2>&1 \
+      | tail -3
+    stage "gpu scan tests (test_cuda_matches_torch with the kernels) and bench_gpu.py with both backends"
+    timeout 90 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_ssm.py tests/test_ssm_chunked.py \
+      tests/test_models_forward.py 2>&1 | tee "$OUT/pytest_gpu_kernels.log" | tail -6
+    timeout 300 $PY benchmarks/bench_gpu.py --steps 3 --warmup 1 --markdown --json "$OUT/bench_gpu_cuda.json" 2>&1 \
       | tee "$OUT/bench_gpu_cuda.md"
   else
     echo "kernel build failed:"; grep -m5 -i "error" "$OUT/build.log"; tail -5 "$OUT/build.log"

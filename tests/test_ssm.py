@@ -89,17 +89,6 @@ def test_long_sequence_matches_reference(fn, monkeypatch):
     assert_matches_reference(fn, inputs, opts, atol=1e-9)
 
 
-def test_accelerator_tiling_uses_few_large_blocks():
-    # TimeMamba-B at batch 32: 6272 sequences of 4 steps, d_inner 768. CPU blocks are cache-sized (hundreds of
-    # blocks); on a GPU, where every block costs kernel launches, a handful of blocks covers the batch.
-    batch, d, n, length = 32 * 196, 768, 16, 4
-    _, cpu_rows = ssm._tiling(batch, d, n, length, ssm._block_elems(torch.device("cpu")))
-    chunk, gpu_rows = ssm._tiling(batch, d, n, length, ssm._block_elems(torch.device("cuda")))
-    assert -(-batch // cpu_rows) > 500
-    assert chunk == length and -(-batch // gpu_rows) <= 8
-    assert chunk * gpu_rows * d * n <= ssm._ACCEL_BLOCK_ELEMS
-
-
 @pytest.mark.parametrize("rows_blocked", [False, True])
 def test_torch_tiling_over_batch_rows(rows_blocked, monkeypatch):
     if rows_blocked:

@@ -14,9 +14,11 @@ Backends (:func:`selective_scan`, ``backend=`` or ``$LAVILA_SCAN_BACKEND``; 'aut
   one pass per direction with the (n,) state in registers; this is what the models use on CPU and what
   ``benchmarks/bench_selective_scan.py`` measures;
 * ``torch`` -- pure PyTorch, any device: a custom autograd function with a hand-written backward (the adjoint is
-  the same recurrence run backwards). The work is tiled into blocks of (time chunk x batch rows) small enough to
-  stay in cache; inside a block the recurrence is one in-place ``addcmul_`` per step on a contiguous slice, and the
-  reductions over ``n``/``d`` are batched matmuls. Only the states at chunk starts are kept for the backward.
+  the same recurrence run backwards). On CPU the work is tiled into blocks of (time chunk x batch rows) small enough
+  to stay in cache; inside a block the recurrence is one in-place ``addcmul_`` per step on a contiguous slice, and
+  the reductions over ``n``/``d`` are batched matmuls. Only the states at chunk starts are kept for the backward.
+  On accelerators, where every operation is a kernel launch, it is the chunked scan of
+  :mod:`lavila.models.ssm_chunked`: a number of operations per call that does not grow with the length.
 
 Every backend keeps the state in float32 (float64 for float64 inputs) whatever autocast says, and returns u's dtype.
 :func:`selective_scan_reference` is the plain step-by-step recurrence (the test oracle).
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lavila.models.ssm_chunked import chunked_backward, chunked_forward
 from lavila.models.ssm_cpu import kernel_error, load_kernel, scan_backward, scan_forward
 
 __all__ = [
@@ -48,8 +51,8 @@ _BACKENDS = ("auto", "torch", "cpu", "cuda")
 
 # Elements of one (time chunk x rows x d x n) block: ~2 MB of float32 on CPU, so a block's working set stays in cache.
 _BLOCK_ELEMS = 1 << 19
-# On a GPU the cost is kernel launches (a few per block and time step), not cache: blocks of ~256 MB of float32.
-# TimeMamba-B at batch 32: 628 CPU-sized blocks per scan (~175k ops fwd+bwd) against 5 blocks (~1.6k ops).
+# On an accelerator the cost is kernel launches, not cache: the chunked scan (ssm_chunked.py), a bounded number of
+# operations per call, with blocks of ~256 MB of float32 states.
 _ACCEL_BLOCK_ELEMS = 1 << 26
 _MAX_CHUNK = 64
 
@@ -136,8 +139,9 @@ def _tiling(batch: int, d: int, n: int, length: int, block: int | None = None) -
     return chunk, rows
 
 
-def _block_elems(device: torch.device) -> int:
-    return _BLOCK_ELEMS if device.type == "cpu" else _ACCEL_BLOCK_ELEMS
+def _use_chunked(device: torch.device) -> bool:
+    """The chunked scan on accelerators (launch-bound: few large operations); the cache-sized step loop on CPU."""
+    return device.type != "cpu"
 
 
 def _scan_inplace(h: Tensor, dA: Tensor, h0: Tensor | None) -> None:
@@ -173,43 +177,27 @@ class _SelectiveScanFn(torch.autograd.Function):
         Bt = B.to(work).permute(2, 0, 1).contiguous()
         Ct = C.to(work).permute(2, 0, 1).contiguous()
         Aw = A.to(work)
-        length, batch, d = ut.shape
-        n = Aw.shape[1]
-        chunk, rows = _tiling(batch, d, n, length, _block_elems(ut.device))
-        starts = list(range(0, length, chunk))
         dtu = dt * ut
-        y = torch.empty_like(ut)
-        # States entering each time chunk (chunk 0 starts from zero), kept for the backward's recomputation.
-        states = ut.new_empty(max(len(starts) - 1, 0), batch, d, n)
-        for r0 in range(0, batch, rows):
-            r1 = min(batch, r0 + rows)
-            h_prev = None
-            for ci, t0 in enumerate(starts):
-                t1 = min(length, t0 + chunk)
-                if ci > 0:
-                    states[ci - 1, r0:r1] = h_prev
-                h = _chunk_states(dt[t0:t1, r0:r1], dtu[t0:t1, r0:r1], Bt[t0:t1, r0:r1], Aw, h_prev)[1]
-                # y[t, r] = h[t, r] (d, n) @ C[t, r] (n,)
-                torch.matmul(h, Ct[t0:t1, r0:r1, :, None], out=y[t0:t1, r0:r1, :, None])
-                h_prev = h[-1]
-        y_ssm = y
+        if _use_chunked(ut.device):
+            y = chunked_forward(dt, dtu, Bt, Ct, Aw, _ACCEL_BLOCK_ELEMS)
+            states, tiling = None, None  # the chunked backward recomputes from the inputs
+        else:
+            y, states, tiling = _step_loop_forward(dt, dtu, Bt, Ct, Aw)
         if D is not None:
             y = y + ut * D.to(work)
         out = y
         if z is not None:
             out = y * F.silu(z.to(work).permute(2, 0, 1))
         ctx.delta_softplus = delta_softplus
-        ctx.tiling = (chunk, rows)
-        ctx.out_dtype = out_dtype
+        ctx.tiling = tiling
+        ctx.work = work
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states, y if z is not None else None)
-        del y_ssm
         return out.permute(1, 2, 0).to(out_dtype)
 
     @staticmethod
     def backward(ctx, gout):
         u, delta, A, B, C, D, z, delta_bias, states, y = ctx.saved_tensors
-        chunk, rows = ctx.tiling
-        work = states.dtype
+        work = ctx.work
         ut = u.to(work).permute(2, 0, 1).contiguous()
         pre = delta.to(work).permute(2, 0, 1)
         if delta_bias is not None:
@@ -228,43 +216,14 @@ class _SelectiveScanFn(torch.autograd.Function):
             gz = gy * y * (sz * (1 + zt * (1 - sz)))
             gy = gy * silu_z
         gy = gy.contiguous()
-        length, batch, _ = ut.shape
         dtu = dt * ut
-        gdt = torch.empty_like(ut)
-        gu = torch.empty_like(ut) if D is None else gy * D.to(work)
-        gB = torch.empty_like(Bt)
-        gC = torch.empty_like(Ct)
-        gA = torch.zeros_like(Aw)
-        starts = list(range(0, length, chunk))
-        for r0 in range(0, batch, rows):
-            r1 = min(batch, r0 + rows)
-            carry = None  # dA[t0 of next chunk] * g[t0 of next chunk]
-            for ci in range(len(starts) - 1, -1, -1):
-                t0 = starts[ci]
-                t1 = min(length, t0 + chunk)
-                sl = (slice(t0, t1), slice(r0, r1))
-                h0 = states[ci - 1, r0:r1] if ci > 0 else None
-                dA, h = _chunk_states(dt[sl], dtu[sl], Bt[sl], Aw, h0)
-                # adjoint state: g[t] = C[t] * gy[t] + dA[t+1] * g[t+1]
-                g = gy[sl][..., None] * Ct[sl][:, :, None, :]
-                _scan_reverse_inplace(g, dA, carry)
-                carry = dA[0] * g[0]
-                gC[sl] = torch.matmul(h.transpose(-1, -2), gy[sl][..., None])[..., 0]
-                gdBu = torch.matmul(g, Bt[sl][..., None])[..., 0]  # sum_n g * B  -> (t, r, d)
-                gB[sl] = torch.matmul(g.transpose(-1, -2), dtu[sl][..., None])[..., 0]
-                if D is None:
-                    gu[sl] = gdBu * dt[sl]
-                else:
-                    gu[sl].addcmul_(gdBu, dt[sl])
-                # w = g * dA * h[t-1]: gradient w.r.t. (dt * A) through exp
-                w = g.mul_(dA)
-                w[1:].mul_(h[:-1])
-                if h0 is not None:
-                    w[0].mul_(h0)
-                else:
-                    w[0].zero_()
-                gdt[sl] = (w * Aw).sum(-1) + gdBu * ut[sl]
-                gA += torch.einsum("trdn,trd->dn", w, dt[sl])
+        if ctx.tiling is None:
+            gu, gdt, gB, gC, gA = chunked_backward(dt, dtu, ut, Bt, Ct, Aw, gy, _ACCEL_BLOCK_ELEMS)
+            if D is not None:
+                gu.addcmul_(gy, D.to(work))
+        else:
+            gu, gdt, gB, gC, gA = _step_loop_backward(dt, dtu, ut, Bt, Ct, Aw, gy, states, ctx.tiling,
+                                                      None if D is None else gy * D.to(work))
         gdelta = gdt
         if ctx.delta_softplus:
             gdelta = gdt * torch.sigmoid(pre)
@@ -285,6 +244,71 @@ class _SelectiveScanFn(torch.autograd.Function):
             g_bias,
             None,
         )
+
+
+def _step_loop_forward(dt: Tensor, dtu: Tensor, Bt: Tensor, Ct: Tensor, A: Tensor):
+    """The CPU step loop: y (l, b, d), the states entering each time chunk, and the tiling (time chunk, rows)."""
+    length, batch, d = dt.shape
+    n = A.shape[1]
+    chunk, rows = _tiling(batch, d, n, length)
+    starts = list(range(0, length, chunk))
+    y = torch.empty_like(dt)
+    # States entering each time chunk (chunk 0 starts from zero), kept for the backward's recomputation.
+    states = dt.new_empty(max(len(starts) - 1, 0), batch, d, n)
+    for r0 in range(0, batch, rows):
+        r1 = min(batch, r0 + rows)
+        h_prev = None
+        for ci, t0 in enumerate(starts):
+            t1 = min(length, t0 + chunk)
+            if ci > 0:
+                states[ci - 1, r0:r1] = h_prev
+            h = _chunk_states(dt[t0:t1, r0:r1], dtu[t0:t1, r0:r1], Bt[t0:t1, r0:r1], A, h_prev)[1]
+            # y[t, r] = h[t, r] (d, n) @ C[t, r] (n,)
+            torch.matmul(h, Ct[t0:t1, r0:r1, :, None], out=y[t0:t1, r0:r1, :, None])
+            h_prev = h[-1]
+    return y, states, (chunk, rows)
+
+
+def _step_loop_backward(dt, dtu, ut, Bt, Ct, Aw, gy, states, tiling, gu_D):
+    """Gradients (u through dt*u*B, plus gu_D when given; dt, B, C, A) of :func:`_step_loop_forward`."""
+    chunk, rows = tiling
+    length, batch, _ = ut.shape
+    gdt = torch.empty_like(ut)
+    gu = torch.empty_like(ut) if gu_D is None else gu_D
+    gB = torch.empty_like(Bt)
+    gC = torch.empty_like(Ct)
+    gA = torch.zeros_like(Aw)
+    starts = list(range(0, length, chunk))
+    for r0 in range(0, batch, rows):
+        r1 = min(batch, r0 + rows)
+        carry = None  # dA[t0 of next chunk] * g[t0 of next chunk]
+        for ci in range(len(starts) - 1, -1, -1):
+            t0 = starts[ci]
+            t1 = min(length, t0 + chunk)
+            sl = (slice(t0, t1), slice(r0, r1))
+            h0 = states[ci - 1, r0:r1] if ci > 0 else None
+            dA, h = _chunk_states(dt[sl], dtu[sl], Bt[sl], Aw, h0)
+            # adjoint state: g[t] = C[t] * gy[t] + dA[t+1] * g[t+1]
+            g = gy[sl][..., None] * Ct[sl][:, :, None, :]
+            _scan_reverse_inplace(g, dA, carry)
+            carry = dA[0] * g[0]
+            gC[sl] = torch.matmul(h.transpose(-1, -2), gy[sl][..., None])[..., 0]
+            gdBu = torch.matmul(g, Bt[sl][..., None])[..., 0]  # sum_n g * B  -> (t, r, d)
+            gB[sl] = torch.matmul(g.transpose(-1, -2), dtu[sl][..., None])[..., 0]
+            if gu_D is None:
+                gu[sl] = gdBu * dt[sl]
+            else:
+                gu[sl].addcmul_(gdBu, dt[sl])
+            # w = g * dA * h[t-1]: gradient w.r.t. (dt * A) through exp
+            w = g.mul_(dA)
+            w[1:].mul_(h[:-1])
+            if h0 is not None:
+                w[0].mul_(h0)
+            else:
+                w[0].zero_()
+            gdt[sl] = (w * Aw).sum(-1) + gdBu * ut[sl]
+            gA += torch.einsum("trdn,trd->dn", w, dt[sl])
+    return gu, gdt, gB, gC, gA
 
 
 def _chunk_states(dt: Tensor, dtu: Tensor, Bt: Tensor, A: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor]:
