@@ -72,6 +72,9 @@ class RetrievalEngine(Engine):
 
         ckpt = starting_checkpoint(args, "MIR fine-tuning")
         name, overrides = overrides_for(args, ckpt)
+        # the max-margin loss never uses the temperature: a trainable one (a --no-freeze-temperature pretraining
+        # checkpoint) would be a parameter without gradient, which DDP refuses (as the reference engine, frozen)
+        overrides["freeze_temperature"] = True
         model = create_model(name, **overrides)
         if args.pretrain_model:
             load_weights(model, ckpt)
