@@ -189,6 +189,21 @@ def run_egoschema(args: argparse.Namespace, model: torch.nn.Module, info: dict[s
                                    f"egoschema_predictions_f{info['num_frames']}", _autocast(args, device))
 
 
+def check_data(args: argparse.Namespace, tasks: list[str]) -> None:
+    """Start-up checks of the EK100 annotations and videos (:mod:`lavila.data.checks`), before the model is built."""
+    from lavila.data import checks
+
+    try:
+        if "mir" in tasks and args.mir_root:
+            checks.check_mir(args.mir_metadata, args.mir_root, args.video_chunk_length, False, "--mir-metadata",
+                             "--mir-root", sentences=args.mir_sentences)
+        if "cls" in tasks and (args.cls_root or args.mir_root):
+            checks.check_cls(args.cls_metadata, args.cls_root or args.mir_root, args.video_chunk_length,
+                             "--cls-metadata", "--cls-root" if args.cls_root else "--mir-root")
+    except checks.DataCheckError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
 # ---- main -------------------------------------------------------------------------------------------------------
 
 def _table(results: dict[str, dict[str, float]]) -> str:
@@ -214,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = info_dist.device
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        check_data(args, tasks)
         model, info = build_model(args)
         model.to(device)
         du.print_main(f"model {info['model']}: {info['num_frames']} frames, crop {info['crop']}, norm {info['norm']}, "

@@ -417,7 +417,8 @@ def _video_dir(root: str, video_id: str) -> str:
         if os.path.isdir(cand):
             return cand
     raise VideoDecodeError(os.path.join(root, video_id), "video folder of chunk files not found "
-                           f"(expected {root}/{video_id}/0000.mp4 ...; check --root and --chunk-len)")
+                           f"(expected {root}/{video_id}/0000.mp4 ...; check --root, and --video-chunk-length: "
+                           "0 for one file per video)")
 
 
 def _single_file(root: str, video_id: str) -> str:
@@ -429,7 +430,7 @@ def _single_file(root: str, video_id: str) -> str:
             if os.path.isfile(cand):
                 return cand
     raise VideoDecodeError(os.path.join(root, video_id + ".mp4"), "file not found (check --root, and "
-                           "--chunk-len: use 15 for folders of 15-s chunks, 0 for one file per video)")
+                           "--video-chunk-length: 15 for folders of 15-s chunks, 0 for one file per video)")
 
 
 def video_path_key(root: str | os.PathLike, video_id: str, chunk_len: float) -> str:

@@ -45,6 +45,23 @@ def video_to_device(frames: torch.Tensor, device: torch.device, args: argparse.N
     return frames
 
 
+def check_annotations(kind: str, metadata: str | None, root: str | None, args: argparse.Namespace, *,
+                      training: bool, flag: str, root_flag: str = "--root") -> None:
+    """Start-up check of an EK100 split (``kind`` ``mir`` / ``cls``; :mod:`lavila.data.checks`) before any model is
+    built or step run: a problem is one :class:`TrainingError` line naming the file, line and column."""
+    if not metadata:
+        return
+    from lavila.data import checks
+
+    try:
+        if kind == "mir":
+            checks.check_mir(metadata, root, args.video_chunk_length, training, flag, root_flag)
+        else:
+            checks.check_cls(metadata, root, args.video_chunk_length, flag, root_flag)
+    except checks.DataCheckError as exc:
+        raise TrainingError(str(exc)) from None
+
+
 def get_checkpoint(source: str, args: argparse.Namespace) -> dict[str, Any]:
     """Load (once per process) a checkpoint given as a path, zoo name or URL."""
     if source not in _CACHE:

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lavila.train.engine_utils import (
+    check_annotations,
     load_weights,
     overrides_for,
     starting_checkpoint,
@@ -67,6 +68,10 @@ class ClassificationEngine(Engine):
         return args.lr * scale, args.lr_start * scale, args.lr_end * scale
 
     def prepare_args(self, args: argparse.Namespace, info: Any) -> None:
+        # the CSVs are checked before the vocabulary is read from them
+        if not args.evaluate:
+            check_annotations("cls", args.train_metadata, args.root, args, training=True, flag="--train-metadata")
+        check_annotations("cls", args.val_metadata, args.root, args, training=False, flag="--val-metadata")
         self.vocab = self._vocabulary(args)
         if args.num_classes is not None and args.num_classes != len(self.vocab):
             raise TrainingError(f"--num-classes {args.num_classes} does not match the {len(self.vocab)} actions of "

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lavila.train.engine_utils import (
+    check_annotations,
     evaluate_mir,
     load_weights,
     mir_relevancy,
@@ -58,6 +59,9 @@ class RetrievalEngine(Engine):
         if not args.evaluate:
             if not args.train_metadata:
                 raise TrainingError("MIR fine-tuning needs --train-metadata (EPIC_100_retrieval_train.csv)")
+            check_annotations("mir", args.train_metadata, args.root, args, training=True, flag="--train-metadata")
+        check_annotations("mir", args.val_metadata, args.root, args, training=False, flag="--val-metadata")
+        if not args.evaluate:
             train = EK100MIRDataset(args.root, args.train_metadata, is_training=True,
                                     relevancy_path=args.train_relevancy_path, on_error=args.skip_policy,
                                     **{**common, **train_video_kwargs(args)})

@@ -358,9 +358,16 @@ def _autocast(args: argparse.Namespace, device: torch.device) -> Any:
 
 def run_evaluation(engine: Engine, model: nn.Module, val_loader: DataLoader, args: argparse.Namespace,
                    device: torch.device) -> dict[str, float]:
+    from lavila.data.loader import SampleSkippedError
+    from lavila.data.video import VideoDecodeError
+
     model.eval()
-    with torch.no_grad(), _autocast(args, device):
-        metrics = engine.evaluate(unwrap_model(model), val_loader, args, device)
+    try:
+        with torch.no_grad(), _autocast(args, device):
+            metrics = engine.evaluate(unwrap_model(model), val_loader, args, device)
+    except (SampleSkippedError, VideoDecodeError) as exc:  # evaluation reads every sample, whatever --skip-policy
+        raise TrainingError(f"evaluation: {_last_line(exc)} (every evaluation sample must be readable: fix the "
+                            "file or remove its row from --val-metadata)") from exc
     model.train()
     return {k: float(v) for k, v in metrics.items()}
 

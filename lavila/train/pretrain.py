@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lavila.train.engine_utils import (
+    check_annotations,
     evaluate_mir,
     get_checkpoint,
     init_pretrained,
@@ -74,6 +75,9 @@ class PretrainEngine(Engine):
         if args.val_metadata and args.root_val:
             if args.dataset_val == "ek100_mir":
                 from lavila.data.ek100 import EK100MIRDataset
+
+                check_annotations("mir", args.val_metadata, args.root_val, args, training=False,
+                                  flag="--val-metadata", root_flag="--root-val")
 
                 val = EK100MIRDataset(args.root_val, args.val_metadata, is_training=False,
                                       context_length=args.context_length, **common)
