@@ -36,8 +36,9 @@ class PretrainEngine(Engine):
 
     def add_args(self, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("pretraining")
-        g.add_argument("--dataset", default="ego4d", choices=["ego4d"])
-        g.add_argument("--dataset-val", default="ek100_mir", choices=["ek100_mir", "egoschema"])
+        g.add_argument("--dataset", default="ego4d", choices=["ego4d"], help="training data")
+        g.add_argument("--dataset-val", default="ek100_mir", choices=["ek100_mir", "egoschema"],
+                       help="zero-shot evaluation task")
         g.add_argument("--root-val", default=None, help="video root of the evaluation set")
         g.add_argument("--train-metadata-aux", nargs="+", default=[], help="extra Ego4D metadata pickles")
         g.add_argument("--relevancy-path", default=None, help="EK100 MIR relevancy pickle (default: beside the CSV)")
@@ -47,10 +48,14 @@ class PretrainEngine(Engine):
                             "--pretrain-zoo deit (DeiT/Vim visual init), as upstream")
         g.add_argument("--freeze-temperature", dest="freeze_temperature", action="store_true",
                        help="keep the temperature at 0.07 (default, as every release recipe)")
-        g.add_argument("--no-freeze-temperature", dest="freeze_temperature", action="store_false")
-        g.add_argument("--local-loss", action="store_true")
-        g.add_argument("--gather-with-grad", dest="gather_with_grad", action="store_true")
-        g.add_argument("--no-gather-with-grad", dest="gather_with_grad", action="store_false")
+        g.add_argument("--no-freeze-temperature", dest="freeze_temperature", action="store_false",
+                       help="learn the temperature (logit scale, clamped to [0, ln 100])")
+        g.add_argument("--local-loss", action="store_true",
+                       help="InfoNCE of this process's rows against all columns (less compute)")
+        g.add_argument("--gather-with-grad", dest="gather_with_grad", action="store_true",
+                       help="gradients through the gathered embeddings of every process (default)")
+        g.add_argument("--no-gather-with-grad", dest="gather_with_grad", action="store_false",
+                       help="gradients through this process's embeddings only")
         g.add_argument("--evaluate-task", default=None, choices=["ek100_mir", "egoschema"],
                        help="task of --evaluate (default: --dataset-val)")
         parser.set_defaults(freeze_temperature=True, gather_with_grad=True)
