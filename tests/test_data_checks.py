@@ -13,6 +13,14 @@ from lavila.data import checks
 from lavila.data.checks import DataCheckError, check_cls, check_mir
 
 
+@pytest.fixture(autouse=True)
+def _lavila_log_to_caplog(monkeypatch):
+    """The 'lavila' logger does not propagate (its own console handler); let caplog see it here."""
+    from lavila.utils.logging import get_logger
+
+    monkeypatch.setattr(get_logger("lavila"), "propagate", True)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return synthetic_root(tmp_path_factory)
@@ -149,7 +157,7 @@ def pretrained(tmp_path_factory):
     return tiny_pretrained_checkpoint(tmp_path_factory)
 
 
-def test_engine_stops_before_the_model_with_one_line(data, split, pretrained, tmp_path, capsys, monkeypatch):
+def test_engine_stops_before_the_model_with_one_line(data, split, pretrained, tmp_path, caplog, monkeypatch):
     from lavila.train.finetune_retrieval import RetrievalEngine
     from lavila.train.loop import main
 
@@ -160,8 +168,7 @@ def test_engine_stops_before_the_model_with_one_line(data, split, pretrained, tm
                                     str(split), "--pretrain-model", str(pretrained), "--output-dir",
                                     str(tmp_path / "out"), *TINY_MODEL])
     assert code != 0
-    out = capsys.readouterr().out
-    (line,) = [x for x in out.splitlines() if "error:" in x]
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert f"{split}, line 2, column video_id: video 'P09_99' not found" in line
     assert "--skip-policy" not in line
 
