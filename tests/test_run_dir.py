@@ -188,3 +188,20 @@ def test_list_models_prints_the_registry(capsys):
 
 def test_num_frames_is_an_alias_of_clip_length():
     assert build_parser(_ToyEngine()).parse_args(["--num-frames", "8"]).clip_length == 8
+
+
+def test_plot_draws_loss_lr_and_metric_labelled_by_the_real_loss(tmp_path):
+    pytest.importorskip("matplotlib")
+    from lavila import plot
+
+    for name, key in (("mir", "max_margin_loss"), ("cls", "acc1")):
+        logger = MetricLogger(tmp_path / name, tensorboard=False)
+        for step in (1, 2):
+            logger.log_step(step, {"loss": 1.0 / step, key: 0.5, "lr": 1e-3}, epoch=0)
+        metric = "test_avg_map" if name == "mir" else "test_acc1"
+        logger.log_epoch(0, {metric: 0.3})
+    assert plot.read_run(tmp_path / "mir")["loss_name"] == "max-margin ranking loss"
+    cls = plot.read_run(tmp_path / "cls")
+    assert cls["loss_name"].startswith("cross-entropy") and cls["metric"] == "acc1" and cls["unit"] == "percent"
+    assert plot.main([str(tmp_path / "mir"), str(tmp_path / "cls"), "--out", str(tmp_path / "plots")]) == 0
+    assert all((tmp_path / "plots" / f"{n}.png").stat().st_size > 1000 for n in ("loss", "lr", "metric"))
