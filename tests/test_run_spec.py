@@ -37,7 +37,8 @@ def _evaluate(data, ckpt, out, *extra):
             "--output-dir", str(out), "--workers", "0", "--device", "cpu", "--batch-size", "4", *extra]
 
 
-def test_evaluate_takes_the_model_from_the_checkpoint_and_equals_eval_zeroshot(data, pretrained, tmp_path, caplog):
+def test_evaluate_takes_the_model_from_the_checkpoint_and_equals_eval_zeroshot(data, pretrained, tmp_path, caplog,
+                                                                              monkeypatch):
     import eval_zeroshot
 
     with caplog.at_level(logging.INFO, logger="lavila"):
@@ -46,10 +47,11 @@ def test_evaluate_takes_the_model_from_the_checkpoint_and_equals_eval_zeroshot(d
     assert "--clip-length 2" in caplog.text and "--input-size 32" in caplog.text
     assert "model CLIP_TimeSformerB16: 2 frames, crop 32, context length 77" in caplog.text
     p = paths(data)
+    monkeypatch.chdir(tmp_path)  # eval_zeroshot.py's default output folder: work_dirs/zeroshot_<checkpoint stem>
     assert eval_zeroshot.main(["--resume", str(pretrained), "--mir-root", p["ek_root"], "--mir-metadata",
-                               p["mir_test"], "--output-dir", str(tmp_path / "zs"), "--device", "cpu",
-                               "--batch-size", "4"]) == 0
-    zeroshot = json.loads((tmp_path / "zs" / "zeroshot_metrics.json").read_text())["mir"]
+                               p["mir_test"], "--device", "cpu", "--batch-size", "4"]) == 0
+    assert not (tmp_path / "zeroshot_metrics.json").exists()
+    zeroshot = json.loads((tmp_path / "work_dirs" / "zeroshot_checkpoint" / "zeroshot_metrics.json").read_text())["mir"]
     assert summary["metrics"]["avg_map"] == pytest.approx(zeroshot["avg_map"], abs=1e-6)
     assert summary["metrics"] == pytest.approx(zeroshot, abs=1e-6)
 
