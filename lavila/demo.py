@@ -184,7 +184,8 @@ def print_results(summary: dict[str, Any], compare: dict[str, dict[str, Any]]) -
             ("EK100-style MIR avg nDCG", "mir_avg_ndcg_init", "mir_avg_ndcg_final", "mir_avg_ndcg_chance"),
             ("EK100-style CLS action top-1", "cls_action_top1_init", "cls_action_top1", "cls_action_top1_chance"),
             ("EgoSchema-style accuracy", "egoschema_acc_init", "egoschema_acc", "egoschema_acc_chance")]
-    print(f"\n{'zero-shot metric (' + summary['model_label'] + ')':<36} {'init':>7} {'pretrained':>11} {'chance':>7}")
+    print(f"\n{'zero-shot metric (' + summary['model_label'] + '), fraction':<36} {'init':>7} {'pretrained':>11} "
+          f"{'chance':>7}")
     print("-" * 64)
     for name, init, final, chance in rows:
         print(f"{name:<36} {_fmt(summary[init]):>7} {_fmt(summary[final]):>11} {_fmt(summary[chance]):>7}")

@@ -41,6 +41,7 @@ class ClassificationEngine(Engine):
     name = "finetune_classification"
     description = "EK100 action classification fine-tuning"
     metric = "acc1"
+    metric_unit = "percent"
     defaults = {"clip_length": 16, "epochs": 100, "warmup_epochs": 2, "batch_size": 32, "lr": 3e-3, "wd": 0.05,
                 "drop_path_rate": 0.1}
 

@@ -81,6 +81,7 @@ class Engine:
     name = "engine"
     description = ""
     metric = "avg_map"  # key of ``evaluate``'s result tracked for checkpoint_best.pt (higher is better)
+    metric_unit = "fraction"  # of ``evaluate``'s values, shown with them in the log ("fraction" or "percent")
     defaults: dict[str, Any] = {}  # engine defaults for the common flags (see flags.add_common_args)
 
     def add_args(self, parser: argparse.ArgumentParser) -> None:
@@ -512,7 +513,9 @@ def _run(engine: Engine, args: argparse.Namespace, info: du.DistInfo, log: Any, 
         record["skipped_samples"] = state.skipped
         metrics_log.log_epoch(epoch, record, step=state.global_step)
         if record:
-            log.info(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+            tested = any(k.startswith("test_") for k in record)
+            unit = f" (test_ metrics: {engine.metric_unit})" if tested else ""
+            log.info(f"epoch {epoch}{unit}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                     for k, v in record.items()))
         if stop_after_epochs is not None and epochs_run >= stop_after_epochs and state.epoch < args.epochs:
             summary.update(status="stopped", epoch=state.epoch)
@@ -613,7 +616,7 @@ def _evaluate_only(engine: Engine, args: argparse.Namespace, model: nn.Module, v
     metrics = run_evaluation(engine, model, val_loader, args, device)
     metrics_log.log_epoch(-1, metrics, kind="eval")
     metrics_log.close()
-    log.info("evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    log.info(f"evaluation ({engine.metric_unit}): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return {"status": "evaluated", "metrics": metrics, "output_dir": str(args.output_dir)}
 
 
