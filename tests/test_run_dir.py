@@ -205,3 +205,16 @@ def test_plot_draws_loss_lr_and_metric_labelled_by_the_real_loss(tmp_path):
     assert cls["loss_name"].startswith("cross-entropy") and cls["metric"] == "acc1" and cls["unit"] == "percent"
     assert plot.main([str(tmp_path / "mir"), str(tmp_path / "cls"), "--out", str(tmp_path / "plots")]) == 0
     assert all((tmp_path / "plots" / f"{n}.png").stat().st_size > 1000 for n in ("loss", "lr", "metric"))
+
+
+def test_unreadable_evaluation_sample_does_not_blame_the_skip_policy(tmp_path, caplog):
+    from test_train_loop import _Points, _Unreadable
+
+    class BadVal(_ToyEngine):
+        def build_datasets(self, args):
+            return _Points(), _Unreadable(8)
+
+    assert main(BadVal(), _argv(tmp_path, "--epochs", "1")) != 0
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "evaluation: cannot decode video /data/broken.mp4: file not found" in line
+    assert "--skip-policy raise" not in line and "--val-metadata" in line
