@@ -194,3 +194,15 @@ def test_relevancy_absent_message_names_the_cli(data, split, caplog):
         resolve_relevancy(ds.clips, ds.sentences, split)
     assert "rebuilt in memory" in caplog.text and "python -m lavila.evaluation.relevancy --clips" in caplog.text
     assert checks  # module imported for the checks above
+
+
+def test_ego4d_items_resolve_and_are_ordered(data):
+    from lavila.data.checks import check_clip_items
+
+    root = paths(data)["ego4d_root"]
+    vid = sorted(p.name for p in Path(root).iterdir())[0]
+    assert check_clip_items([(vid, 1.0, 2.0, "x")], "meta.pkl", root, 15.0)["videos"] == 1
+    with pytest.raises(DataCheckError, match=r"^meta.pkl, item 1, end_sec: end 1.0 is before start 2.0"):
+        check_clip_items([(vid, 1.0, 2.0, "x"), (vid, 2.0, 1.0, "y")], "meta.pkl", root, 15.0)
+    with pytest.raises(DataCheckError, match=r"^meta.pkl, item 1, video_id: video 'nope' not found"):
+        check_clip_items([(vid, 1.0, 2.0, "x"), ("nope", 1.0, 2.0, "y")], "meta.pkl", root, 15.0)

@@ -20,7 +20,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -139,8 +139,10 @@ def video_duration(root: str | os.PathLike, video_id: str, chunk_len: float) -> 
 
 
 def check_videos(path: str | os.PathLike, video_ids: pd.Series, stops: np.ndarray | None, root: str | os.PathLike,
-                 chunk_len: float, root_flag: str = "--root") -> int:
-    """Every id resolves to files under ``root``; returns how many segments end after their video."""
+                 chunk_len: float, root_flag: str = "--root", locate: Any = None) -> int:
+    """Every id resolves to files under ``root``; returns how many segments end after their video. ``locate(path,
+    row, column)`` words a row's place (default: CSV line and column)."""
+    locate = locate or _where
     root = str(root)
     if not os.path.isdir(root):
         raise DataCheckError(f"video root {root} is not a folder (check {root_flag})")
@@ -158,7 +160,7 @@ def check_videos(path: str | os.PathLike, video_ids: pd.Series, stops: np.ndarra
             missing.append((int(row), vid))
     if missing:
         row, vid = min(missing)
-        raise DataCheckError(f"{_where(path, row, 'video_id')}: video {vid!r} not found under {root} "
+        raise DataCheckError(f"{locate(path, row, 'video_id')}: video {vid!r} not found under {root} "
                              f"({len(missing)} of {len(unique)} videos missing); "
                              f"{_other_layout_hint(root, vid, chunk_len)}")
     if stops is None:
@@ -167,9 +169,9 @@ def check_videos(path: str | os.PathLike, video_ids: pd.Series, stops: np.ndarra
     beyond = np.flatnonzero(stops > limit + END_TOLERANCE_S)
     if len(beyond):
         i = int(beyond[0])
-        log.warning("%s: %d of %d segments end after their video (first: line %d, video %s, stop %.2f s > %.2f s);"
-                    " their last frames are taken from the video's end", path, len(beyond), len(ids), i + 2,
-                    ids[i], stops[i], limit[i])
+        log.warning("%s: %d of %d segments end after their video (first: %s, video %s, stop %.2f s > %.2f s);"
+                    " their last frames are taken from the video's end", path, len(beyond), len(ids),
+                    locate(path, i, "stop").split(", ", 1)[1], ids[i], stops[i], limit[i])
     return len(beyond)
 
 
@@ -224,6 +226,27 @@ def check_cls(path: str | os.PathLike, root: str | os.PathLike | None, chunk_len
     """An EK100 classification split (labels required; narrations may be empty)."""
     report = check_ek100_csv(path, root, chunk_len, labels=True, narrations=False, flag=flag, root_flag=root_flag)
     _log_ok(path, report)
+    return report
+
+
+def check_clip_items(items: Sequence[Any], source: str, root: str | os.PathLike, chunk_len: float,
+                     root_flag: str = "--root") -> dict[str, int]:
+    """Ego4D-style ``(video_uid, start_sec, end_sec, narration, ...)`` items of a metadata pickle: start <= end and
+    every video resolves to files under ``root``."""
+    def locate(path: str, row: int, column: str) -> str:
+        return f"{path}, item {row}, {column}"
+
+    starts = np.array([float(it[1]) for it in items], dtype=np.float64)
+    stops = np.array([float(it[2]) for it in items], dtype=np.float64)
+    reversed_rows = np.flatnonzero(stops < starts)
+    if len(reversed_rows):
+        i = int(reversed_rows[0])
+        raise DataCheckError(f"{locate(source, i, 'end_sec')}: end {stops[i]} is before start {starts[i]} "
+                             f"({len(reversed_rows)} such item(s))")
+    ids = pd.Series([str(it[0]) for it in items])
+    beyond = check_videos(source, ids, stops, root, chunk_len, root_flag, locate)
+    report = {"rows": len(items), "videos": int(ids.nunique()), "beyond_end": beyond}
+    _log_ok(source, report)
     return report
 
 

@@ -62,6 +62,16 @@ def check_annotations(kind: str, metadata: str | None, root: str | None, args: a
         raise TrainingError(str(exc)) from None
 
 
+def check_training_items(dataset: Any, args: argparse.Namespace) -> None:
+    """Start-up check of a pretraining set's items (:func:`lavila.data.checks.check_clip_items`)."""
+    from lavila.data import checks
+
+    try:
+        checks.check_clip_items(dataset.items, ", ".join(dataset.metadata_paths), args.root, args.video_chunk_length)
+    except checks.DataCheckError as exc:
+        raise TrainingError(str(exc)) from None
+
+
 def get_checkpoint(source: str, args: argparse.Namespace) -> dict[str, Any]:
     """Load (once per process) a checkpoint given as a path, zoo name or URL."""
     return _get_checkpoint(source, getattr(args, "trust_checkpoint", False))

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from lavila.train.engine_utils import (
     check_annotations,
+    check_training_items,
     evaluate_mir,
     get_checkpoint,
     init_pretrained,
@@ -76,6 +77,7 @@ class PretrainEngine(Engine):
             train = Ego4DPretrainDataset(args.root, args.train_metadata, args.train_metadata_aux, is_training=True,
                                          context_length=args.context_length, on_error=args.skip_policy,
                                          **train_video_kwargs(args))
+            check_training_items(train, args)
         val = None
         if args.val_metadata and args.root_val:
             if args.dataset_val == "ek100_mir":
