@@ -34,7 +34,7 @@ LABEL_COLUMNS = ("verb_class", "noun_class")
 SENTENCE_COLUMNS = ("narration_id", "narration")
 CHUNK_FLAG = "--video-chunk-length"
 END_TOLERANCE_S = 0.5  # annotation rounding; the loader clamps to the last frame anyway
-_HMS = re.compile(r"^\d+:\d{1,2}:\d{1,2}(\.\d+)?$")
+_HMS = re.compile(r"^(\d+):(\d{1,2}):(\d{1,2}(?:\.\d+)?)$")
 _SECONDS = re.compile(r"^\d+(\.\d+)?$")
 
 
@@ -71,7 +71,8 @@ def _not_empty(df: pd.DataFrame, path: str | os.PathLike, column: str) -> None:
 
 def _seconds(df: pd.DataFrame, path: str | os.PathLike, column: str) -> np.ndarray:
     values = df[column].str.strip()
-    bad = np.flatnonzero(~values.str.match(_HMS).to_numpy())
+    parts = values.str.extract(_HMS)  # one pass: NaN where the value is not HH:MM:SS.ff
+    bad = np.flatnonzero(parts[0].isna().to_numpy())
     if len(bad):
         i = int(bad[0])
         value = values.iat[i]
@@ -79,9 +80,8 @@ def _seconds(df: pd.DataFrame, path: str | os.PathLike, column: str) -> np.ndarr
                 if _SECONDS.match(value) else "expected HH:MM:SS.ff, e.g. 00:01:02.50")
         raise DataCheckError(f"{_where(path, i, column)}: timestamp {value!r} does not parse ({len(bad)} such "
                              f"row(s)); {hint}")
-    parts = values.str.split(":", expand=True)
-    return (parts[0].astype(np.float64) * 3600 + parts[1].astype(np.float64) * 60
-            + parts[2].astype(np.float64)).to_numpy()
+    h, m, s = (parts[k].to_numpy(dtype=np.float64) for k in range(3))
+    return h * 3600 + m * 60 + s
 
 
 def _as_hms(seconds: float) -> str:
