@@ -14,18 +14,22 @@ epoch to run), ``step_in_epoch`` (micro-batches already done in that epoch, non-
 the RNG states of every rank, so they load with ``torch.load(weights_only=True)``.
 
 Resuming: when ``<output-dir>/checkpoint.pt`` exists the run continues from it (auto-resume; it wins over
-``--resume``). With the same flags and seed the final weights are bit-identical to an uninterrupted run on CPU
-(tested with ``--workers 0``): the sampler restarts at the saved position, each training sample's augmentation is
-seeded by (seed, epoch, index) (``PerSampleSeededDataset``, which also makes it independent of the number of
-processes), and the global RNG states of every rank are restored. This holds with and without
-``--fused-decode-crop`` (the fused path reads each video's frame size from its header, so every read of a clip is
-decoded the same way), but do not switch that flag between the interrupted and the resumed run.
+``--resume``), unless the folder's ``config.yaml`` differs in a training flag (``run_dir.check_resumable``; a new
+``--output-dir`` or ``--resume-anyway``). Records the interrupted run logged past the checkpoint are dropped from
+``metrics.jsonl`` and hidden in TensorBoard; a finished run relaunched logs so and returns. With the same flags and
+seed the final weights are bit-identical to an uninterrupted run on CPU (tested with ``--workers 0``): the sampler
+restarts at the saved position, each training sample's augmentation is seeded by (seed, epoch, index)
+(``PerSampleSeededDataset``, which also makes it independent of the number of processes), and the global RNG states
+of every rank are restored. This holds with and without ``--fused-decode-crop`` (the fused path reads each video's
+frame size from its header, so every read of a clip is decoded the same way), but do not switch that flag between
+the interrupted and the resumed run.
 
-Preemption: SIGTERM and SIGUSR1 (what Slurm sends before it preempts or times out a job, e.g. with
-``#SBATCH --signal=USR1@120``; torchrun forwards SIGTERM to its workers) set a flag; at the next optimiser-step
-boundary every rank agrees to stop, rank 0 writes ``checkpoint.pt`` with the position inside the epoch, and ``run``
-returns ``{"status": "preempted", ...}`` (the entry scripts then exit with status 0). Re-running the same command
-resumes from that step. Requeue the job with ``scontrol requeue $SLURM_JOB_ID`` or ``#SBATCH --requeue``.
+Preemption: SIGTERM, SIGUSR1 and Ctrl-C (SIGINT; a second one aborts at once) (what Slurm sends before it preempts
+or times out a job, e.g. with ``#SBATCH --signal=USR1@120``; torchrun forwards SIGTERM to its workers) set a flag;
+at the next optimiser-step boundary every rank agrees to stop, rank 0 writes ``checkpoint.pt`` with the position
+inside the epoch, and ``run`` returns ``{"status": "preempted", ...}`` (the entry scripts then exit with status 0).
+Re-running the same command resumes from that step. Requeue the job with ``scontrol requeue $SLURM_JOB_ID`` or
+``#SBATCH --requeue``.
 
 A non-finite loss raises ``NonFiniteLossError`` naming the epoch and step; the last good checkpoint stays in place.
 """
