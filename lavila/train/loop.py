@@ -466,7 +466,9 @@ def _run(engine: Engine, args: argparse.Namespace, info: du.DistInfo, log: Any, 
         ckpt = load_checkpoint(auto, trusted=args.trust_checkpoint) if resumed_from == auto else \
             get_checkpoint(args.resume, args.trust_checkpoint)
         restore_training_state(ckpt, model, optimizer, scaler, state, full=True, log=log)
-        dropped = metrics_log.resume_at(state.global_step, state.epoch)
+    # records past the starting point come from an attempt that was not saved: drop them (and hide them in TB)
+    dropped = metrics_log.resume_at(state.global_step, state.epoch)
+    if resumed_from is not None:
         log.info(f"{'auto-' if resumed_from == auto else ''}resuming from {resumed_from}: epoch {state.epoch}, step "
                  f"{state.step_in_epoch}/{ipe * args.update_freq} of the epoch, optimiser step {state.global_step}"
                  + (f" ({dropped} metrics records past it dropped)" if dropped else ""))
