@@ -95,7 +95,7 @@ def test_tensorboard_hides_the_steps_after_the_checkpoint(tmp_path):
 def test_console_log_is_written_to_the_output_folder(tmp_path):
     run(_ToyEngine(), _argv(tmp_path, "--epochs", "1"))
     text = (tmp_path / "log.txt").read_text()
-    assert "toy: 16 training samples" in text and "epoch 0:" in text
+    assert "toy: 16 training samples" in text and "epoch 0 (test_ metrics: fraction): test_acc" in text
     logging.getLogger("lavila").info("after the run")
     assert "after the run" not in (tmp_path / "log.txt").read_text()  # detached when the run ends
 

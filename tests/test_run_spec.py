@@ -83,7 +83,9 @@ def test_finetune_takes_architecture_and_crop_and_applies_a_new_frame_count_with
     import yaml
 
     with caplog.at_level(logging.INFO, logger="lavila"):
-        summary = run(RetrievalEngine(), _finetune(data, pretrained, tmp_path, "--clip-length", "3"))
+        # --epochs 0: everything up to the first step (settings, model, config.yaml), no training
+        summary = run(RetrievalEngine(), _finetune(data, pretrained, tmp_path, "--clip-length", "3", "--epochs", "0",
+                                                   "--fix-lr"))
     assert summary["status"] == "finished"
     assert "fine-tuning at 3 frames (--clip-length): the 2-frame temporal embedding" in caplog.text
     assert "model CLIP_TimeSformerB16: 3 frames, crop 32" in caplog.text
@@ -91,7 +93,8 @@ def test_finetune_takes_architecture_and_crop_and_applies_a_new_frame_count_with
     assert config["model"] == "CLIP_TimeSformerB16" and config["input_size"] == 32 and config["clip_length"] == 3
 
 
-@pytest.mark.parametrize("how", [("--random-init",), ("--pretrain-model", "none")])
+@pytest.mark.parametrize("how", [("--random-init",), pytest.param(("--pretrain-model", "none"),
+                                                                    marks=pytest.mark.slow)])
 def test_random_init_fine_tunes_from_random_weights(data, tmp_path, how):
     p = paths(data)
     argv = ["--root", p["ek_root"], "--train-metadata", p["cls_train"],
@@ -106,3 +109,13 @@ def test_retrieval_without_a_checkpoint_names_random_init(data, tmp_path):
     with pytest.raises(TrainingError, match=r"--pretrain-model .*or --random-init"):
         run(RetrievalEngine(), ["--root", p["ek_root"], "--train-metadata", p["mir_train"], "--output-dir",
                                 str(tmp_path), *TINY_MODEL])
+
+
+def test_pretrain_model_none_means_random_init():
+    import argparse
+
+    from lavila.train.engine_utils import starting_checkpoint
+    from lavila.train.run_spec import describing_source
+
+    args = argparse.Namespace(pretrain_model="none", random_init=False, resume="", evaluate=False)
+    assert describing_source(args) is None and starting_checkpoint(args, "MIR fine-tuning") is None
