@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import signal
+import time
 
 import pytest
 from test_train_loop import _argv, _ToyEngine
@@ -81,6 +82,9 @@ def test_tensorboard_hides_the_steps_after_the_checkpoint(tmp_path):
     for step in range(1, 9):  # the interrupted run got to step 8, its checkpoint is at step 5
         first.log_step(step, {"loss": 1.0})
     first.close()
+    # event files are named by the second they were opened in (then a per-process counter, which sorts 10 before 9):
+    # the relaunch opens its file in a later second, as a real relaunch does
+    time.sleep(1.1)
     resumed = MetricLogger(tmp_path)
     resumed.resume_at(global_step=5, epoch=1)
     for step in range(6, 10):
