@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model-overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="named-config overrides for a model built without a checkpoint, e.g. depth=1 embed_dim=32")
     m.add_argument("--trust-checkpoint", action="store_true", help="full unpickling (trusted files only)")
-    m.add_argument("--clip-length", type=int, default=None, help="frames per clip (default: the checkpoint's)")
+    m.add_argument("--clip-length", "--num-frames", type=int, default=None,
+                   help="frames per clip (default: the checkpoint's)")
     m.add_argument("--input-size", type=int, default=None, help="crop size (default: the model's image size)")
     m.add_argument("--norm-style", default=None, choices=["openai", "timm"], help="default: the checkpoint's/openai")
     m.add_argument("--context-length", type=int, default=None, help="default: the model's")
@@ -64,15 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--egoschema-questions", default=None, help="questions JSON")
     t.add_argument("--egoschema-answers", default=None, help="answers JSON {q_uid: index} to score locally")
     r = p.add_argument_group("run")
-    r.add_argument("--output-dir", default="./zeroshot_output")
+    r.add_argument("--output-dir", default=None,
+                   help="where zeroshot_metrics.json and predictions go (default: work_dirs/zeroshot_<checkpoint "
+                        "or model name>)")
     r.add_argument("--save-similarity", action="store_true", help="save the MIR similarity matrix (.npy)")
-    r.add_argument("--batch-size", type=int, default=16, help="clips per batch (per process)")
-    r.add_argument("--text-batch-size", type=int, default=256)
-    r.add_argument("-j", "--workers", type=int, default=0)
-    r.add_argument("--video-chunk-length", type=float, default=15.0)
-    r.add_argument("--video-backend", default="auto", choices=["auto", "decord", "pyav"])
+    r.add_argument("--batch-size", type=int, default=16, help="clips per batch, per process (default: 16)")
+    r.add_argument("--text-batch-size", type=int, default=256, help="class texts per batch (default: 256)")
+    r.add_argument("-j", "--workers", type=int, default=0,
+                   help="DataLoader worker processes per process (default: 0, decoding in the main process)")
+    r.add_argument("--video-chunk-length", type=float, default=15.0,
+                   help="seconds per video chunk file (default: 15); 0 for one file per video (<root>/<id>.mp4)")
+    r.add_argument("--video-backend", default="auto", choices=["auto", "decord", "pyav"],
+                   help="decoder (default: auto)")
     r.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
-    r.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="autocast on CUDA")
+    r.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
+                   help="autocast on CUDA (default: fp32)")
     r.add_argument("--seed", type=int, default=0, help="initialisation seed of a model built without a checkpoint")
     return p
 
@@ -193,6 +200,29 @@ def run_egoschema(args: argparse.Namespace, model: torch.nn.Module, info: dict[s
                                    f"egoschema_predictions_f{info['num_frames']}", _autocast(args, device))
 
 
+def default_output_dir(args: argparse.Namespace) -> str:
+    """``work_dirs/zeroshot_<checkpoint file stem, zoo name or model name>``."""
+    import re
+
+    source = Path(args.resume).stem if args.resume else (args.model or "model")
+    return str(Path("work_dirs") / ("zeroshot_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", source)))
+
+
+def check_data(args: argparse.Namespace, tasks: list[str]) -> None:
+    """Start-up checks of the EK100 annotations and videos (:mod:`lavila.data.checks`), before the model is built."""
+    from lavila.data import checks
+
+    try:
+        if "mir" in tasks and args.mir_root:
+            checks.check_mir(args.mir_metadata, args.mir_root, args.video_chunk_length, False, "--mir-metadata",
+                             "--mir-root", sentences=args.mir_sentences)
+        if "cls" in tasks and (args.cls_root or args.mir_root):
+            checks.check_cls(args.cls_metadata, args.cls_root or args.mir_root, args.video_chunk_length,
+                             "--cls-metadata", "--cls-root" if args.cls_root else "--mir-root")
+    except checks.DataCheckError as exc:
+        raise EvalError(str(exc)) from None
+
+
 # ---- main -------------------------------------------------------------------------------------------------------
 
 def _table(results: dict[str, dict[str, float]]) -> str:
@@ -226,6 +256,8 @@ def evaluate(argv: list[str] | None = None) -> int:
 
     if args.model and args.model not in list_models():
         raise EvalError(f"--model {args.model!r} is not a known model; choose one of {', '.join(list_models())}")
+    if not args.output_dir:
+        args.output_dir = default_output_dir(args)
     if args.print_config:  # validated; nothing is read or built
         sys.stdout.write(config_yaml(args))
         return 0
@@ -233,6 +265,7 @@ def evaluate(argv: list[str] | None = None) -> int:
     try:
         device = info_dist.device
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        check_data(args, tasks)
         model, info = build_model(args)
         model.to(device)
         du.print_main(f"model {info['model']}: {info['num_frames']} frames, crop {info['crop']}, norm {info['norm']}, "

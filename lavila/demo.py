@@ -237,12 +237,13 @@ def print_results(summary: dict[str, Any], compare: dict[str, dict[str, Any]]) -
             ("EK100-style MIR avg nDCG", "mir_avg_ndcg_init", "mir_avg_ndcg_final", "mir_avg_ndcg_chance"),
             ("EK100-style CLS action top-1", "cls_action_top1_init", "cls_action_top1", "cls_action_top1_chance"),
             ("EgoSchema-style accuracy", "egoschema_acc_init", "egoschema_acc", "egoschema_acc_chance")]
-    print(f"\n{'zero-shot metric (' + summary['model_label'] + ')':<36} {'init':>7} {'pretrained':>11} {'chance':>7}")
-    print("-" * 64)
+    print(f"\n{'zero-shot metric (' + summary['model_label'] + '), fraction':<40} {'init':>7} {'pretrained':>11} "
+          f"{'chance':>7}")
+    print("-" * 68)
     for name, init, final, chance in rows:
-        print(f"{name:<36} {_fmt(summary[init]):>7} {_fmt(summary[final]):>11} {_fmt(summary[chance]):>7}")
+        print(f"{name:<40} {_fmt(summary[init]):>7} {_fmt(summary[final]):>11} {_fmt(summary[chance]):>7}")
     for label, other in compare.items():
-        print(f"{label + ' MIR avg mAP':<36} {_fmt(other['mir_avg_map_init']):>7} "
+        print(f"{label + ' MIR avg mAP':<40} {_fmt(other['mir_avg_map_init']):>7} "
               f"{_fmt(other['mir_avg_map_final']):>11}")
     verdict = "met" if summary["mir_target_met"] else "NOT met"
     print(f"\nMIR target (>= 0.5 and >= min(3 x init, halfway from init to 1) = {summary['mir_avg_map_target']:.3f}): "

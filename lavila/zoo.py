@@ -15,6 +15,7 @@ tried second when the first name is not on the hub.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import os
 import urllib.parse
@@ -146,12 +147,45 @@ def _verify(path: Path, sha256: str | None) -> Path:
     return path
 
 
-def _hf_download(filename: str, cache_dir: str | os.PathLike | None, repo_id: str = HF_REPO_ID) -> Path:
-    """One download attempt through huggingface_hub (its own cache makes a second call a cache hit)."""
+PROBE_TIMEOUT_S = 3.0
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+@functools.lru_cache(maxsize=1)
+def _probe_hub(endpoint: str) -> bool:
+    """One TCP connection to the hub's host (at most PROBE_TIMEOUT_S), once per process."""
+    import socket
+
+    parsed = urllib.parse.urlparse(endpoint)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname or "huggingface.co", port), timeout=PROBE_TIMEOUT_S).close()
+        return True
+    except OSError:
+        return False
+
+
+def hub_reachable() -> bool:
+    """False with ``HF_HUB_OFFLINE=1``; else whether the hub's host answers (checked once per process; assumed
+    reachable behind a proxy). Unreachable: only the local cache is read, so an offline machine does not spend
+    huggingface_hub's retries (about 25 s) on every attempt."""
+    import huggingface_hub.constants as hf
+
+    if hf.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    if any(os.environ.get(v) for v in _PROXY_VARS):
+        return True
+    return _probe_hub(hf.ENDPOINT)
+
+
+def _hf_download(filename: str, cache_dir: str | os.PathLike | None, local_only: bool = False,
+                 repo_id: str = HF_REPO_ID) -> Path:
+    """One download attempt through huggingface_hub (its own cache makes a second call a cache hit); with
+    ``local_only`` the cache alone."""
     from huggingface_hub import hf_hub_download
 
     return Path(hf_hub_download(repo_id=repo_id, filename=filename,
-                                cache_dir=None if cache_dir is None else str(cache_dir)))
+                                cache_dir=None if cache_dir is None else str(cache_dir), local_files_only=local_only))
 
 
 def _url_download(url: str, dest: Path, hash_prefix: str | None = None) -> Path:
@@ -169,7 +203,8 @@ def _offline_error(what: str, urls: list[str], manual: Path, exc: BaseException,
     return ZooError(
         f"could not download {what} ({type(exc).__name__}: {exc}).\n"
         f"Download it by hand from\n{links}\nand put it at\n  {manual}\n"
-        f"(or set {ZOO_DIR_ENV} to the folder holding it, {local}).")
+        f"(or set {ZOO_DIR_ENV} to the folder holding it, {local}).\n"
+        "On a machine without internet, set HF_HUB_OFFLINE=1: the hub is then not tried at all.")
 
 
 def _resolve_entry(entry: ZooEntry, cache_dir: str | os.PathLike | None) -> Path:
@@ -181,9 +216,10 @@ def _resolve_entry(entry: ZooEntry, cache_dir: str | os.PathLike | None) -> Path
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     last: BaseException | None = None
+    local_only = not hub_reachable()
     for fname in names:
         try:
-            return _hf_download(fname, cache_dir)
+            return _hf_download(fname, cache_dir, local_only)
         except LocalEntryNotFoundError as exc:  # offline and not cached (a subclass of EntryNotFoundError)
             raise _offline_error(f"zoo checkpoint '{entry.name}'", [HF_DOWNLOAD_PREFIX + f for f in names],
                                  manual_dir / entry.filename, exc) from exc
@@ -275,7 +311,7 @@ def resolve_image_weights(weights: ImageWeights, flag: str, cache_dir: str | os.
     if manual.is_file():
         return manual
     try:
-        return _hf_download(weights.filename, cache_dir, repo_id=weights.hf_repo)
+        return _hf_download(weights.filename, cache_dir, not hub_reachable(), repo_id=weights.hf_repo)
     except Exception as exc:  # offline, not cached, DNS, proxy, HTTP errors ...
         raise _offline_error(what, [weights.url], manual, exc, flag) from exc
 

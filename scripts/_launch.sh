@@ -14,15 +14,18 @@
 #   DATA_ROOT [datasets]                  EGO4D_ROOT [$DATA_ROOT/Ego4D]   EK100_ROOT [$DATA_ROOT/EK100]
 #   EGO4D_VIDEOS [$EGO4D_ROOT/videos_320px_15sec]       EGO4D_TRAIN_METADATA [$EGO4D_ROOT/ego4d_train.pkl]
 #   EK100_VIDEOS [$EK100_ROOT/video_320p_15sec]         EK100_ANNOTATIONS [$EK100_ROOT/epic-kitchens-100-annotations]
-#   EK100_MIR_TRAIN, EK100_MIR_TEST, EK100_MIR_RELEVANCY, EK100_CLS_TRAIN, EK100_CLS_VAL   [under $EK100_ANNOTATIONS]
+#   EK100_MIR_TRAIN, EK100_MIR_TEST, EK100_CLS_TRAIN, EK100_CLS_VAL   [under $EK100_ANNOTATIONS]
+#   EK100_MIR_RELEVANCY   test relevancy pickle [the engine's default: relevancy/caption_relevancy_<stem>.pkl beside
+#                         $EK100_MIR_TEST, else rebuilt in memory]
 #   EGOSCHEMA_VIDEOS [$DATA_ROOT/EgoSchema/videos]      EGOSCHEMA_QUESTIONS [$DATA_ROOT/EgoSchema/questions.json]
 #   OUTPUT_ROOT [work_dirs]   OUTPUT_DIR [$OUTPUT_ROOT/<row>/<config name>]
 #   CHECKPOINT      overrides the checkpoint an infer script evaluates (zoo name, URL or path; --resume)
 #   PRETRAIN_MODEL  overrides the checkpoint a fine-tuning script starts from (zoo name, URL or path)
 #   PYTHON [.venv/bin/python if present, else python3]   NPROC_PER_NODE [GPUs on this machine, else 1]
-#   LAVILA_CONFIG   use this config file instead of the script's (e.g. configs/tests/*.yaml for smoke runs)
+#   LAVILA_CONFIG   use this config file instead of the script's (relative to the repository root, or absolute;
+#                   e.g. configs/tests/*.yaml for smoke runs)
 #   SRUN_ARGS       extra srun options        REQUEUE_ON_SIGNAL [1]   see _lavila_on_signal
-#   DRY_RUN=1       print the command instead of running it
+#   DRY_RUN=1       print the command (with the cd to the repository root it runs from) instead of running it
 # Extra arguments of the script are forwarded to the engine and win over the config file.
 
 set -euo pipefail
@@ -35,17 +38,19 @@ _lavila_data_args() {  # KIND -> the data flags of that engine
   local ann=${EK100_ANNOTATIONS:-$ek/epic-kitchens-100-annotations}
   local ek_videos=${EK100_VIDEOS:-$ek/video_320p_15sec}
   local mir_test=${EK100_MIR_TEST:-$ann/retrieval_annotations/EPIC_100_retrieval_test.csv}
-  local mir_rel=${EK100_MIR_RELEVANCY:-$ann/retrieval_annotations/relevancy/caption_relevancy_EPIC_100_retrieval_test.pkl}
+  # --relevancy-path only when asked for: the engines' default already follows $EK100_MIR_TEST
+  local -a rel=()
+  [ -n "${EK100_MIR_RELEVANCY:-}" ] && rel=(--relevancy-path "$EK100_MIR_RELEVANCY")
   case $1 in
     pretrain) DATA_ARGS=(--root "${EGO4D_VIDEOS:-$ego/videos_320px_15sec}"
                          --train-metadata "${EGO4D_TRAIN_METADATA:-$ego/ego4d_train.pkl}"
-                         --root-val "$ek_videos" --val-metadata "$mir_test" --relevancy-path "$mir_rel") ;;
-    zs_mir) DATA_ARGS=(--root-val "$ek_videos" --val-metadata "$mir_test" --relevancy-path "$mir_rel") ;;
+                         --root-val "$ek_videos" --val-metadata "$mir_test" "${rel[@]}") ;;
+    zs_mir) DATA_ARGS=(--root-val "$ek_videos" --val-metadata "$mir_test" "${rel[@]}") ;;
     zs_egoschema) DATA_ARGS=(--root-val "${EGOSCHEMA_VIDEOS:-$d/EgoSchema/videos}"
                              --val-metadata "${EGOSCHEMA_QUESTIONS:-$d/EgoSchema/questions.json}") ;;
     mir) DATA_ARGS=(--root "$ek_videos"
                     --train-metadata "${EK100_MIR_TRAIN:-$ann/retrieval_annotations/EPIC_100_retrieval_train.csv}"
-                    --val-metadata "$mir_test" --relevancy-path "$mir_rel") ;;
+                    --val-metadata "$mir_test" "${rel[@]}") ;;
     cls) DATA_ARGS=(--root "$ek_videos" --train-metadata "${EK100_CLS_TRAIN:-$ann/EPIC_100_train.csv}"
                     --val-metadata "${EK100_CLS_VAL:-$ann/EPIC_100_validation.csv}") ;;
     none) DATA_ARGS=() ;;
@@ -59,6 +64,13 @@ _lavila_python() {
   else command -v python3 || command -v python; fi
 }
 
+_lavila_check_python() {  # PY: it must import torch (a system python3 without the environment does not)
+  "$1" -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is None)" >/dev/null 2>&1 && return 0
+  echo "launch: $1 cannot import torch (no $LAVILA_ROOT/.venv found, so the system python was used): create the" \
+       "environment (make venv) or set PYTHON=/path/to/env/bin/python" >&2
+  return 2
+}
+
 _lavila_local_nproc() {
   if [ -n "${NPROC_PER_NODE:-}" ]; then echo "$NPROC_PER_NODE"; return; fi
   local n=0
@@ -70,7 +82,9 @@ launch() {
   local kind=$1 engine=$2 config=${LAVILA_CONFIG:-$3}; shift 3
   local row; row=$(basename "$(dirname "$config")")
   local name; name=$(basename "$config" .yaml)
-  [ -f "$LAVILA_ROOT/$config" ] || { echo "launch: config not found: $LAVILA_ROOT/$config" >&2; return 2; }
+  local config_path=$config
+  [[ $config = /* ]] || config_path=$LAVILA_ROOT/$config
+  [ -f "$config_path" ] || { echo "launch: config not found: $config_path" >&2; return 2; }
   [ -f "$LAVILA_ROOT/$engine" ] || [ -n "${DRY_RUN:-}" ] || {
     echo "launch: engine not found: $LAVILA_ROOT/$engine" >&2; return 2; }
   _lavila_data_args "$kind"
@@ -94,9 +108,11 @@ launch() {
     fi
   fi
   if [ -n "${DRY_RUN:-}" ]; then
-    printf '%q ' "${cmd[@]}"; echo
+    printf 'cd %q && ' "$LAVILA_ROOT"; printf '%q ' "${cmd[@]}"; echo
+    _lavila_check_python "$py" || true  # a note on stderr; the printed command is still useful
     return 0
   fi
+  _lavila_check_python "$py" || return 2
   cd "$LAVILA_ROOT"
   mkdir -p "$out"
   export PYTHONPATH="$LAVILA_ROOT${PYTHONPATH:+:$PYTHONPATH}"

@@ -15,13 +15,14 @@ TINY_OVERRIDES = {"embed_dim": 32, "depth": 1, "num_heads": 2, "text_width": 32,
                   "project_embed_dim": 16, "img_size": 32, "num_frames": 2}
 
 
-def tiny_pretrained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny 2-frame CLIP checkpoint in this project's format (what main_pretrain.py writes)."""
+def tiny_pretrained_checkpoint(tmp_path_factory: pytest.TempPathFactory, freeze_temperature: bool = True) -> Path:
+    """A tiny 2-frame CLIP checkpoint in this project's format (what main_pretrain.py writes; with
+    ``freeze_temperature=False`` what ``--no-freeze-temperature`` pretraining, e.g. the demo, writes)."""
     from lavila.models import create_model
     from lavila.utils.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
-    model = create_model("CLIP_TimeSformerB16", **TINY_OVERRIDES)
+    model = create_model("CLIP_TimeSformerB16", freeze_temperature=freeze_temperature, **TINY_OVERRIDES)
     path = tmp_path_factory.mktemp("pretrained") / "checkpoint.pt"
     save_checkpoint({"state_dict": model.state_dict(), "model_name": "CLIP_TimeSformerB16",
                      "model_config": model.config, "args": {"model": "CLIP_TimeSformerB16"}, "epoch": 1}, path)

@@ -47,6 +47,13 @@ def _engine_parser(engine: str):
     return build_parser(getattr(importlib.import_module(m.group(1)), m.group(2))())
 
 
+def _command(stdout: str) -> list[str]:
+    """The DRY_RUN command without its leading ``cd <repository root> &&``."""
+    words = shlex.split(stdout.strip())
+    assert words[:3] == ["cd", str(REPO), "&&"], words[:3]
+    return words[3:]
+
+
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env.pop("LAVILA_CONFIG", None)
@@ -102,7 +109,7 @@ def test_infer_script_prints_a_command_the_engine_accepts(script, tmp_path):
     res = subprocess.run(["bash", str(script), "--print-freq", "7"], capture_output=True, text=True, env=env,
                          cwd=tmp_path, timeout=30)
     assert res.returncode == 0, res.stderr
-    cmd = shlex.split(res.stdout.strip())
+    cmd = _command(res.stdout)
     kind, engine, config = _launch_line(script)
     i = cmd.index(engine)
     assert cmd[i - 1] == "-u" and "srun" not in cmd and "torch.distributed.run" not in cmd
@@ -120,15 +127,15 @@ def test_infer_script_prints_a_command_the_engine_accepts(script, tmp_path):
 def test_launch_uses_srun_under_slurm_and_torchrun_locally(tmp_path):
     script = REPO / "scripts" / "zoo" / "clip_timesformer_vanilla_base_ego4d4m_bs512_f4" / "train.sh"
     base = _env(DRY_RUN="1")
-    slurm = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30,
-                           env={**base, "SLURM_JOB_ID": "42"}).stdout.split()
+    slurm = _command(subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30,
+                                    env={**base, "SLURM_JOB_ID": "42"}).stdout)
     assert slurm[:2] == ["srun", "--kill-on-bad-exit=1"] and "main_pretrain.py" in slurm
-    local = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30,
-                           env={**base, "NPROC_PER_NODE": "4"}).stdout.split()
+    local = _command(subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30,
+                                    env={**base, "NPROC_PER_NODE": "4"}).stdout)
     assert local[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
     override = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30,
                               env={**base, "CHECKPOINT": "x.pt", "LAVILA_CONFIG": "configs/tests/pretrain_tiny.yaml"})
-    out = override.stdout.split()
+    out = _command(override.stdout)
     assert out[out.index("--config") + 1] == "configs/tests/pretrain_tiny.yaml"
     assert out[out.index("--resume") + 1] == "x.pt"
 
@@ -156,3 +163,38 @@ def test_submitit_launcher_help_and_bad_engine():
     bad = subprocess.run([py, str(REPO / "scripts" / "submitit_launch.py"), "--engine", "nope.py"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "nope.py: no such file" in bad.stderr
+
+
+_MIR_TRAIN = REPO / "scripts" / "zoo" / "clip_timesformer_vanilla_base_ego4d4m_bs512_f4" / "train.sh"
+
+
+def _dry(tmp_path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(_MIR_TRAIN)], capture_output=True, text=True, timeout=30, cwd=tmp_path,
+                          env=_env(DRY_RUN="1", NPROC_PER_NODE="1", **env))
+
+
+def test_relevancy_follows_ek100_mir_test_and_is_passed_only_when_given(tmp_path):
+    cmd = _command(_dry(tmp_path, EK100_MIR_TEST="/data/my_test.csv").stdout)
+    assert cmd[cmd.index("--val-metadata") + 1] == "/data/my_test.csv"
+    assert "--relevancy-path" not in cmd  # the engine's default: beside /data/my_test.csv, else rebuilt
+    cmd = _command(_dry(tmp_path, EK100_MIR_RELEVANCY="/data/rel.pkl").stdout)
+    assert cmd[cmd.index("--relevancy-path") + 1] == "/data/rel.pkl"
+
+
+def test_absolute_lavila_config_is_used_as_is(tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text((REPO / "configs" / "tests" / "pretrain_tiny.yaml").read_text())
+    res = _dry(tmp_path, LAVILA_CONFIG=str(config))
+    assert res.returncode == 0, res.stderr
+    cmd = _command(res.stdout)
+    assert cmd[cmd.index("--config") + 1] == str(config)
+
+
+def test_python_without_torch_is_named_with_the_fix(tmp_path):
+    fake = tmp_path / "python3"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    res = subprocess.run(["bash", str(_MIR_TRAIN)], capture_output=True, text=True, timeout=30, cwd=tmp_path,
+                         env=_env(PYTHON=str(fake), NPROC_PER_NODE="1", OUTPUT_DIR=str(tmp_path / "out")))
+    assert res.returncode == 2
+    assert f"{fake} cannot import torch" in res.stderr and "PYTHON=" in res.stderr

@@ -245,3 +245,45 @@ def test_released_args_namespace_is_copied_not_shared():
     d = zoo.checkpoint_args({"args": ns})
     d["model"] = "x"
     assert ns.model == "m"
+
+
+def test_unreachable_hub_is_probed_once_and_only_the_cache_is_read(tmp_path, monkeypatch, zoo_dir):
+    import socket
+
+    import huggingface_hub
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for var in zoo._PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    probes, downloads = [], []
+
+    def no_network(address, timeout=None):
+        probes.append(address)
+        raise OSError("network unreachable")
+
+    def cache_only(repo_id, filename, cache_dir=None, local_files_only=False, **kw):
+        downloads.append(local_files_only)
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        raise LocalEntryNotFoundError("not in the cache")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", cache_only)
+    zoo._probe_hub.cache_clear()
+    try:
+        for _ in range(2):
+            with pytest.raises(zoo.ZooError, match="HF_HUB_OFFLINE=1"):
+                zoo.resolve("clip_timemamba_vanilla_base_ego4d4m_bs512_f4")
+    finally:
+        zoo._probe_hub.cache_clear()
+    assert len(probes) == 1 and downloads == [True, True]
+
+
+def test_hf_hub_offline_skips_the_probe(monkeypatch):
+    import socket
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("probed with HF_HUB_OFFLINE=1"))
+    assert zoo.hub_reachable() is False

@@ -458,8 +458,9 @@ def _video_dir(root: str, video_id: str) -> str:
     for cand in (os.path.join(root, video_id), os.path.join(root, video_id + ".mp4")):
         if os.path.isdir(cand):
             return cand
-    raise VideoDecodeError(os.path.join(root, video_id), "video folder of chunk files not found (expected "
-                           f"{root}/{video_id}/0000.mp4 ...; check the video root flag and --video-chunk-length)")
+    raise VideoDecodeError(os.path.join(root, video_id), "video folder of chunk files not found "
+                           f"(expected {root}/{video_id}/0000.mp4 ...; check --root, and --video-chunk-length: "
+                           "0 for one file per video)")
 
 
 def _single_file(root: str, video_id: str) -> str:
@@ -470,8 +471,8 @@ def _single_file(root: str, video_id: str) -> str:
             cand = os.path.join(folder, video_id + ext)
             if os.path.isfile(cand):
                 return cand
-    raise VideoDecodeError(os.path.join(root, video_id + ".mp4"), "file not found (check the video root flag and "
-                           "--video-chunk-length: use 15 for folders of 15-s chunks, 0 for one file per video)")
+    raise VideoDecodeError(os.path.join(root, video_id + ".mp4"), "file not found (check --root, and "
+                           "--video-chunk-length: 15 for folders of 15-s chunks, 0 for one file per video)")
 
 
 def video_path_key(root: str | os.PathLike, video_id: str, chunk_len: float) -> str:

@@ -162,8 +162,12 @@ def resolve_relevancy(clips_df: pd.DataFrame, sentences_df: pd.DataFrame, metada
                                 "from the annotation CSVs")
     import logging
 
-    logging.getLogger("lavila").warning("relevancy %s not found: rebuilding it from %s and its sentence CSV", path,
-                                        metadata)
+    from lavila.data.ek100 import default_sentence_path
+
+    logging.getLogger("lavila").warning(
+        "relevancy %s not found: the matrix is rebuilt in memory from %s and its sentence CSV (not saved); save it "
+        "once with: python -m lavila.evaluation.relevancy --clips %s --sentences %s --out %s", path, metadata,
+        metadata, default_sentence_path(metadata), path)
     return build_relevancy(clips_df, sentences_df)
 
 

@@ -13,9 +13,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lavila.data.transforms import NormalizeVideo
-from lavila.train.loop import TrainingError, _resolve_checkpoint_source, model_overrides
-
-_CACHE: dict[str, dict[str, Any]] = {}
+from lavila.train.loop import TrainingError, model_overrides
+from lavila.train.run_spec import NO_CHECKPOINT
+from lavila.train.run_spec import get_checkpoint as _get_checkpoint
 
 
 def video_dataset_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -45,22 +45,63 @@ def video_to_device(frames: torch.Tensor, device: torch.device, args: argparse.N
     return frames
 
 
+def check_annotations(kind: str, metadata: str | None, root: str | None, args: argparse.Namespace, *,
+                      training: bool, flag: str, root_flag: str = "--root") -> None:
+    """Start-up check of an EK100 split (``kind`` ``mir`` / ``cls``; :mod:`lavila.data.checks`) before any model is
+    built or step run: a problem is one :class:`TrainingError` line naming the file, line and column."""
+    if not metadata:
+        return
+    from lavila.data import checks
+
+    try:
+        if kind == "mir":
+            checks.check_mir(metadata, root, args.video_chunk_length, training, flag, root_flag)
+        else:
+            checks.check_cls(metadata, root, args.video_chunk_length, flag, root_flag)
+    except checks.DataCheckError as exc:
+        raise TrainingError(str(exc)) from None
+
+
+def check_training_items(dataset: Any, args: argparse.Namespace) -> None:
+    """Start-up check of a pretraining set's items (:func:`lavila.data.checks.check_clip_items`)."""
+    from lavila.data import checks
+
+    try:
+        checks.check_clip_items(dataset.items, ", ".join(dataset.metadata_paths), args.root, args.video_chunk_length)
+    except checks.DataCheckError as exc:
+        raise TrainingError(str(exc)) from None
+
+
 def get_checkpoint(source: str, args: argparse.Namespace) -> dict[str, Any]:
     """Load (once per process) a checkpoint given as a path, zoo name or URL."""
-    if source not in _CACHE:
-        _CACHE.clear()  # keep at most one checkpoint in memory
-        _CACHE[source] = _resolve_checkpoint_source(source, getattr(args, "trust_checkpoint", False))
-    return _CACHE[source]
+    return _get_checkpoint(source, getattr(args, "trust_checkpoint", False))
 
 
-def starting_checkpoint(args: argparse.Namespace, task: str) -> dict[str, Any]:
-    """The checkpoint a fine-tuning engine builds its model from: ``--pretrain-model``, or with ``--evaluate`` the
-    ``--resume`` checkpoint."""
-    source = args.pretrain_model or (args.resume if args.evaluate else "")
-    if not source:
+def add_pretrain_model_args(group: argparse._ArgumentGroup, what: str) -> None:
+    """``--pretrain-model`` and ``--random-init`` of the fine-tuning engines."""
+    group.add_argument("--pretrain-model", default="",
+                       help=f"{what} checkpoint to start from: path, zoo name or URL; 'none' = --random-init "
+                            "(default: none given, which is an error unless --random-init or --evaluate --resume)")
+    group.add_argument("--random-init", action="store_true",
+                       help="start from random weights of --model (small experiments, tests) instead of "
+                            "--pretrain-model")
+
+
+def random_init(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "random_init", False)) or str(args.pretrain_model).lower() == NO_CHECKPOINT
+
+
+def starting_checkpoint(args: argparse.Namespace, task: str) -> dict[str, Any] | None:
+    """The checkpoint a fine-tuning engine builds its model from: with ``--evaluate`` the ``--resume`` checkpoint,
+    else ``--pretrain-model``; None with ``--random-init`` / ``--pretrain-model none`` (random weights)."""
+    if args.evaluate and args.resume:
+        return get_checkpoint(args.resume, args)
+    if random_init(args):
+        return None
+    if not args.pretrain_model:
         raise TrainingError(f"{task} starts from a pretrained checkpoint: pass --pretrain-model "
-                            "(path, zoo name or URL)")
-    return get_checkpoint(source, args)
+                            "(path, zoo name or URL), or --random-init for random weights")
+    return get_checkpoint(args.pretrain_model, args)
 
 
 def overrides_for(args: argparse.Namespace, ckpt: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:

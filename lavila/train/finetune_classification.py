@@ -22,6 +22,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lavila.train.engine_utils import (
+    add_pretrain_model_args,
+    check_annotations,
     load_weights,
     overrides_for,
     starting_checkpoint,
@@ -41,26 +43,29 @@ class ClassificationEngine(Engine):
     name = "finetune_classification"
     description = "EK100 action classification fine-tuning"
     metric = "acc1"
+    metric_unit = "percent"
     defaults = {"clip_length": 16, "epochs": 100, "warmup_epochs": 2, "batch_size": 32, "lr": 3e-3, "wd": 0.05,
                 "drop_path_rate": 0.1}
 
     def add_args(self, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("classification fine-tuning")
-        g.add_argument("--dataset", default="ek100_cls", choices=["ek100_cls"])
-        g.add_argument("--pretrain-model", default="", help="pretrained checkpoint (path, zoo name or URL)")
+        g.add_argument("--dataset", default="ek100_cls", choices=["ek100_cls"], help="training data")
+        add_pretrain_model_args(g, "pretrained CLIP or classifier")
         g.add_argument("--actions", default=None,
                        help="action vocabulary JSON (default: built from --train-metadata + --val-metadata)")
         g.add_argument("--num-classes", type=int, default=None, help="must match the vocabulary (3806 on EK100)")
         g.add_argument("--num-crops", type=int, default=1, help="accepted; no effect (one crop, as the reference)")
         g.add_argument("--num-clips", type=int, default=1, help="accepted; no effect (one clip, as the reference)")
-        g.add_argument("--dropout-rate", type=float, default=0.5)
-        g.add_argument("--mixup", type=float, default=0.8)
-        g.add_argument("--cutmix", type=float, default=1.0)
-        g.add_argument("--cutmix-minmax", type=float, nargs=2, default=None)
-        g.add_argument("--mixup-prob", type=float, default=1.0)
-        g.add_argument("--mixup-switch-prob", type=float, default=0.5)
-        g.add_argument("--mixup-mode", default="batch", choices=["batch"])
-        g.add_argument("--smoothing", type=float, default=0.1)
+        g.add_argument("--dropout-rate", type=float, default=0.5, help="dropout before the classifier")
+        g.add_argument("--mixup", type=float, default=0.8, help="mixup alpha (0: off)")
+        g.add_argument("--cutmix", type=float, default=1.0, help="CutMix alpha (0: off)")
+        g.add_argument("--cutmix-minmax", type=float, nargs=2, default=None,
+                       help="CutMix box size range as fractions of the frame (default: from --cutmix alpha)")
+        g.add_argument("--mixup-prob", type=float, default=1.0, help="probability of mixing a batch")
+        g.add_argument("--mixup-switch-prob", type=float, default=0.5,
+                       help="probability of CutMix instead of mixup when both are on")
+        g.add_argument("--mixup-mode", default="batch", choices=["batch"], help="one mix per batch")
+        g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
         g.add_argument("--no-lr-scaling", action="store_true", help="do not scale the lrs by global batch / 128")
         g.add_argument("--pickle-filename", default="", help="save logits, probabilities and targets here (.npz)")
         add_reference_switches(parser, self.name)
@@ -70,6 +75,10 @@ class ClassificationEngine(Engine):
         return args.lr * scale, args.lr_start * scale, args.lr_end * scale
 
     def prepare_args(self, args: argparse.Namespace, info: Any) -> None:
+        # the CSVs are checked before the vocabulary is read from them
+        if not args.evaluate:
+            check_annotations("cls", args.train_metadata, args.root, args, training=True, flag="--train-metadata")
+        check_annotations("cls", args.val_metadata, args.root, args, training=False, flag="--val-metadata")
         self.vocab = self._vocabulary(args)
         if args.num_classes is not None and args.num_classes != len(self.vocab):
             raise TrainingError(f"--num-classes {args.num_classes} does not match the {len(self.vocab)} actions of "
@@ -124,15 +133,14 @@ class ClassificationEngine(Engine):
 
         ckpt = starting_checkpoint(args, "classification fine-tuning")
         name, overrides = overrides_for(args, ckpt)
-        state = ckpt.get("state_dict", ckpt)
+        state = ckpt.get("state_dict", ckpt) if ckpt is not None else {}
         is_classifier = any(k.removeprefix("module.") == "fc_cls.weight" for k in state)
         if is_classifier:
             model = create_model(name, num_classes=self.num_classes, **overrides)
-            if args.pretrain_model:
-                load_weights(model, ckpt)
+            load_weights(model, ckpt)
         else:
             clip = create_model(name, **overrides)
-            if args.pretrain_model:
+            if ckpt is not None:
                 load_weights(clip, ckpt)
             model = VideoClassifier.from_clip(clip, self.num_classes)
             model.config = {**clip.config, "num_classes": self.num_classes}

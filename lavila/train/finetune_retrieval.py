@@ -15,6 +15,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lavila.train.engine_utils import (
+    add_pretrain_model_args,
+    check_annotations,
     evaluate_mir,
     load_weights,
     mir_relevancy,
@@ -37,16 +39,18 @@ class RetrievalEngine(Engine):
 
     def add_args(self, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("retrieval fine-tuning")
-        g.add_argument("--dataset", default="ek100_mir", choices=["ek100_mir"])
-        g.add_argument("--pretrain-model", default="", help="pretrained CLIP checkpoint (path, zoo name or URL)")
+        g.add_argument("--dataset", default="ek100_mir", choices=["ek100_mir"], help="training data")
+        add_pretrain_model_args(g, "pretrained CLIP")
         g.add_argument("--relevancy-path", default=None, help="test relevancy pickle (default: beside the CSV)")
         g.add_argument("--train-relevancy-path", default=None, help="train relevancy pickle (default: beside the CSV)")
-        g.add_argument("--margin", type=float, default=0.2)
+        g.add_argument("--margin", type=float, default=0.2, help="max-margin ranking loss margin")
         g.add_argument("--mir-loss-weighting", default="relevancy", choices=["relevancy", "none"],
                        help="relevancy: margin scaled by the caption's relevancy; none: reference (ignores it)")
         g.add_argument("--local-loss", action="store_true", help="accepted for compatibility")
-        g.add_argument("--gather-with-grad", dest="gather_with_grad", action="store_true")
-        g.add_argument("--no-gather-with-grad", dest="gather_with_grad", action="store_false")
+        g.add_argument("--gather-with-grad", dest="gather_with_grad", action="store_true",
+                       help="accepted for compatibility (the loss always gathers with gradients)")
+        g.add_argument("--no-gather-with-grad", dest="gather_with_grad", action="store_false",
+                       help="accepted for compatibility")
         parser.set_defaults(gather_with_grad=True)
         add_reference_switches(parser, self.name)
 
@@ -60,6 +64,9 @@ class RetrievalEngine(Engine):
         if not args.evaluate:
             if not args.train_metadata:
                 raise TrainingError("MIR fine-tuning needs --train-metadata (EPIC_100_retrieval_train.csv)")
+            check_annotations("mir", args.train_metadata, args.root, args, training=True, flag="--train-metadata")
+        check_annotations("mir", args.val_metadata, args.root, args, training=False, flag="--val-metadata")
+        if not args.evaluate:
             train = EK100MIRDataset(args.root, args.train_metadata, is_training=True,
                                     relevancy_path=args.train_relevancy_path, on_error=args.skip_policy,
                                     **{**common, **train_video_kwargs(args)})
@@ -74,8 +81,11 @@ class RetrievalEngine(Engine):
 
         ckpt = starting_checkpoint(args, "MIR fine-tuning")
         name, overrides = overrides_for(args, ckpt)
+        # the max-margin loss never uses the temperature: a trainable one (a --no-freeze-temperature pretraining
+        # checkpoint) would be a parameter without gradient, which DDP refuses (as the reference engine, frozen)
+        overrides["freeze_temperature"] = True
         model = create_model(name, **overrides)
-        if args.pretrain_model:
+        if ckpt is not None:
             load_weights(model, ckpt)
         return model
 

@@ -15,6 +15,50 @@ def _bool_pair(group: argparse._ArgumentGroup, name: str, default: bool, help: s
     group.set_defaults(**{dest: default})
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default once: appended unless the help already states it (or there is none to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS, False) or action.nargs == 0:
+            return text
+        return super()._get_help_string(action)
+
+
+def default_workers() -> int:
+    """DataLoader workers per process: the CPUs this process may use, shared by the processes of this node
+    (torchrun's LOCAL_WORLD_SIZE, Slurm's SLURM_NTASKS_PER_NODE)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    per_node = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or "1"
+    try:
+        local = max(int(per_node.split("(")[0]), 1)
+    except ValueError:
+        local = 1
+    return max(cpus // local, 1)
+
+
+class ListModels(argparse.Action):
+    """``--list-models``: print the model registry and exit."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0,
+                         help="print the model names of --model (with tower and frame count) and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        from lavila.models.registry import MODELS
+
+        for name in sorted(MODELS):
+            cfg = MODELS[name]
+            mixer = f"/{cfg['temporal_mixer']}" if "temporal_mixer" in cfg else ""
+            print(f"{name:<36} {cfg['tower']}{mixer}, embed {cfg['embed_dim']}, depth {cfg['depth']}, "
+                  f"{cfg['num_frames']} frames")
+        parser.exit()
+
+
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """``["embed_dim=64", "depth=2"]`` -> ``{"embed_dim": 64, "depth": 2}`` (values parsed as YAML scalars)."""
     out: dict[str, Any] = {}
@@ -33,12 +77,19 @@ def add_common_args(parser: argparse.ArgumentParser, *, clip_length: int, epochs
     data.add_argument("--root", default=None, help="folder of (chunked) training videos")
     data.add_argument("--train-metadata", default=None, help="training annotation file")
     data.add_argument("--val-metadata", default=None, help="evaluation annotation file")
-    data.add_argument("--output-dir", default="./", help="checkpoints, config.yaml, metrics.jsonl go here")
-    data.add_argument("--video-chunk-length", type=float, default=15, help="seconds per video chunk file")
-    data.add_argument("--clip-length", type=int, default=clip_length, help="frames per clip (= model frames)")
+    data.add_argument("--output-dir", default=None,
+                      help="checkpoints, config.yaml, metrics.jsonl, log.txt go here; relaunching into it resumes "
+                           "(default: work_dirs/<engine>_<model>)")
+    data.add_argument("--video-chunk-length", type=float, default=15,
+                      help="seconds per video chunk file (<root>/<id>/0000.mp4 ...); 0 for one file per video "
+                           "(<root>/<id>.mp4)")
+    data.add_argument("--clip-length", "--num-frames", type=int, default=clip_length,
+                      help="frames per clip (= model frames); with --evaluate / --resume the checkpoint's")
     data.add_argument("--clip-stride", type=int, default=4, help="accepted; no effect (unused by the reference too)")
-    data.add_argument("--input-size", type=int, default=224, help="crop size (224; 336 for *_336PX)")
-    data.add_argument("--norm-style", default="openai", choices=["openai", "timm"])
+    data.add_argument("--input-size", type=int, default=224,
+                      help="crop size (224; 336 for *_336PX); with a checkpoint, the checkpoint's")
+    data.add_argument("--norm-style", default="openai", choices=["openai", "timm"],
+                      help="pixel normalisation constants (CLIP's openai, ImageNet's timm)")
     _bool_pair(data, "fused-decode-crop", False, "scale whole frames in the decoder instead of resizing the crop "
               "(slower with stock decord, see docs/DATA.md; deterministic like the default path, but its pixels "
               "differ slightly from it, so do not switch it when resuming a run). The reference's flag instead "
@@ -47,14 +98,18 @@ def add_common_args(parser: argparse.ArgumentParser, *, clip_length: int, epochs
     data.add_argument("--video-backend", default="auto", choices=["auto", "decord", "pyav"],
                       help="decoder; auto: PyAV on constant-frame-rate files (it seeks there), else decord, "
                       "each falling back to the other on a file it cannot read")
-    data.add_argument("-j", "--workers", type=int, default=8, help="DataLoader worker processes per rank")
+    data.add_argument("-j", "--workers", type=int, default=default_workers(),
+                      help="DataLoader worker processes per process (default: the CPUs available / processes on "
+                           f"this node, here {default_workers()}; 0 decodes in the main process)")
     data.add_argument("--skip-policy", default="skip", choices=["skip", "raise"],
                       help="unreadable training sample: skip and count it, or stop with its path")
     data.add_argument("--use-multi-epochs-loader", action="store_true",
                       help="accepted; no effect here (see the start-up note)")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--model", default="CLIP_VITB16", help="model name (lavila.models.list_models())")
+    model.add_argument("--model", default="CLIP_VITB16",
+                       help="model name (--list-models); with --pretrain-model / --resume, the checkpoint's")
+    model.add_argument("--list-models", action=ListModels)
     model.add_argument("--model-overrides", nargs="*", default=[], metavar="KEY=VALUE",
                        help="override named-config fields, e.g. depth=2 embed_dim=64 (tiny test models)")
     _bool_pair(model, "grad-checkpointing", False, "activation checkpointing in the towers")
@@ -63,33 +118,40 @@ def add_common_args(parser: argparse.ArgumentParser, *, clip_length: int, epochs
                off="--disable-flash-attn")
     model.add_argument("--patch-dropout", type=float, default=0.0,
                        help="fraction of patch tokens dropped per training clip (ViT towers, as the reference)")
-    model.add_argument("--drop-path-rate", type=float, default=drop_path_rate)
-    model.add_argument("--pretrain-zoo", default="openai", choices=["openai", "open_clip", "lavila", "deit", "none"])
+    model.add_argument("--drop-path-rate", type=float, default=drop_path_rate, help="stochastic depth rate")
+    model.add_argument("--pretrain-zoo", default="openai", choices=["openai", "open_clip", "lavila", "deit", "none"],
+                       help="pretraining initialisation (main_pretrain.py): CLIP weights, a lavila checkpoint, "
+                            "DeiT/Vim, or none = random")
     model.add_argument("--pretrain-path", default=None,
                        help="weights file for --pretrain-zoo: CLIP ViT-B/16 (openai / open_clip), DeiT (ViT / "
                             "TimeSformer) or Vim (ViViM) for deit, a checkpoint for lavila")
-    model.add_argument("--project-embed-dim", type=int, default=256)
-    model.add_argument("--context-length", type=int, default=77)
-    model.add_argument("--vocab-size", type=int, default=49408)
-    model.add_argument("--resume", default="", help="checkpoint to resume/evaluate (path, zoo name or URL)")
+    model.add_argument("--project-embed-dim", type=int, default=256, help="size of the joint embedding")
+    model.add_argument("--context-length", type=int, default=77,
+                       help="text tokens per caption; with a checkpoint, the checkpoint's")
+    model.add_argument("--vocab-size", type=int, default=49408, help="text vocabulary size")
+    model.add_argument("--resume", default="",
+                       help="checkpoint to resume/evaluate (path, zoo name or URL); it describes the model")
+    model.add_argument("--resume-anyway", action="store_true",
+                       help="auto-resume the run in --output-dir even though its config.yaml differs from these flags")
     model.add_argument("--trust-checkpoint", action="store_true",
                        help="load checkpoints with full unpickling (only for files from a trusted source)")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=int, default=epochs)
-    optim.add_argument("--warmup-epochs", type=float, default=warmup_epochs)
-    optim.add_argument("--start-epoch", type=int, default=0)
+    optim.add_argument("--epochs", type=int, default=epochs, help="epochs to train")
+    optim.add_argument("--warmup-epochs", type=float, default=warmup_epochs, help="linear warmup from --lr-start")
+    optim.add_argument("--start-epoch", type=int, default=0, help="first epoch (without a checkpoint)")
     optim.add_argument("--batch-size", type=int, default=batch_size, help="per process")
-    optim.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
-    optim.add_argument("--lr", type=float, default=lr)
+    optim.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"], help="optimiser")
+    optim.add_argument("--lr", type=float, default=lr, help="peak learning rate (after warmup)")
     optim.add_argument("--fix-lr", action="store_true", help="constant --lr, no warmup")
     optim.add_argument("--lr-start", type=float, default=1e-6, help="warmup start")
     optim.add_argument("--lr-end", type=float, default=1e-5, help="cosine floor")
     optim.add_argument("--update-freq", type=int, default=1, help="gradient accumulation steps")
-    optim.add_argument("--wd", type=float, default=wd)
-    optim.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999))
-    optim.add_argument("--eps", type=float, default=1e-8)
-    optim.add_argument("--grad-clip-norm", type=float, default=None)
+    optim.add_argument("--wd", type=float, default=wd, help="weight decay")
+    optim.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), help="AdamW betas")
+    optim.add_argument("--eps", type=float, default=1e-8, help="AdamW epsilon")
+    optim.add_argument("--grad-clip-norm", type=float, default=None, help="clip gradients to this norm (default: no "
+                       "clipping)")
     optim.add_argument("--disable-amp", action="store_true", help="fp32 on CUDA (CPU always runs fp32)")
     optim.add_argument("--use-bf16", action="store_true", help="bf16 autocast instead of fp16 + GradScaler")
     optim.add_argument("--use-zero", action="store_true",
@@ -98,10 +160,10 @@ def add_common_args(parser: argparse.ArgumentParser, *, clip_length: int, epochs
     optim.add_argument("--no-use-zero", dest="use_zero", action="store_false", help="disable --use-zero")
 
     run = parser.add_argument_group("run")
-    run.add_argument("--eval-freq", type=int, default=1)
-    run.add_argument("--print-freq", type=int, default=10)
+    run.add_argument("--eval-freq", type=int, default=1, help="epochs between evaluations")
+    run.add_argument("--print-freq", type=int, default=10, help="steps between progress lines (without a terminal)")
     run.add_argument("--evaluate", action="store_true", help="evaluate only (weights from --resume/--pretrain-model)")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, default=0, help="random seed (initialisation, sampling, augmentation)")
     run.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
     run.add_argument("--save-freq", type=int, default=1, help="epochs between checkpoint.pt saves")
     run.add_argument("--dist-timeout", type=float, default=None,

@@ -14,18 +14,22 @@ epoch to run), ``step_in_epoch`` (micro-batches already done in that epoch, non-
 the RNG states of every rank, so they load with ``torch.load(weights_only=True)``.
 
 Resuming: when ``<output-dir>/checkpoint.pt`` exists the run continues from it (auto-resume; it wins over
-``--resume``). With the same flags and seed the final weights are bit-identical to an uninterrupted run on CPU
-(tested with ``--workers 0``): the sampler restarts at the saved position, each training sample's augmentation is
-seeded by (seed, epoch, index) (``PerSampleSeededDataset``, which also makes it independent of the number of
-processes), and the global RNG states of every rank are restored. This holds with and without
-``--fused-decode-crop`` (the fused path reads each video's frame size from its header, so every read of a clip is
-decoded the same way), but do not switch that flag between the interrupted and the resumed run.
+``--resume``), unless the folder's ``config.yaml`` differs in a training flag (``run_dir.check_resumable``; a new
+``--output-dir`` or ``--resume-anyway``). Records the interrupted run logged past the checkpoint are dropped from
+``metrics.jsonl`` and hidden in TensorBoard; a finished run relaunched logs so and returns. With the same flags and
+seed the final weights are bit-identical to an uninterrupted run on CPU (tested with ``--workers 0``): the sampler
+restarts at the saved position, each training sample's augmentation is seeded by (seed, epoch, index)
+(``PerSampleSeededDataset``, which also makes it independent of the number of processes), and the global RNG states
+of every rank are restored. This holds with and without ``--fused-decode-crop`` (the fused path reads each video's
+frame size from its header, so every read of a clip is decoded the same way), but do not switch that flag between
+the interrupted and the resumed run.
 
-Preemption: SIGTERM and SIGUSR1 (what Slurm sends before it preempts or times out a job, e.g. with
-``#SBATCH --signal=USR1@120``; torchrun forwards SIGTERM to its workers) set a flag; at the next optimiser-step
-boundary every rank agrees to stop, rank 0 writes ``checkpoint.pt`` with the position inside the epoch, and ``run``
-returns ``{"status": "preempted", ...}`` (the entry scripts then exit with status 0). Re-running the same command
-resumes from that step. Requeue the job with ``scontrol requeue $SLURM_JOB_ID`` or ``#SBATCH --requeue``.
+Preemption: SIGTERM, SIGUSR1 and Ctrl-C (SIGINT; a second one aborts at once) (what Slurm sends before it preempts
+or times out a job, e.g. with ``#SBATCH --signal=USR1@120``; torchrun forwards SIGTERM to its workers) set a flag;
+at the next optimiser-step boundary every rank agrees to stop, rank 0 writes ``checkpoint.pt`` with the position
+inside the epoch, and ``run`` returns ``{"status": "preempted", ...}`` (the entry scripts then exit with status 0).
+Re-running the same command resumes from that step. Requeue the job with ``scontrol requeue $SLURM_JOB_ID`` or
+``#SBATCH --requeue``.
 
 A non-finite loss raises ``NonFiniteLossError`` naming the epoch and step; the last good checkpoint stays in place.
 """
@@ -34,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import os
 import random
 import signal
 import sys
@@ -51,6 +54,14 @@ from lavila.config import ArgumentParser, config_yaml, parse_args, resolved_conf
 from lavila.train.errors import NonFiniteLossError, TrainingError, describe_error, known_errors
 from lavila.train.flags import REFERENCE_DATA_PATHS, REFERENCE_DEFAULTS, no_effect_notes, parse_overrides
 from lavila.train.optim import build_optimizer
+from lavila.train.run_dir import add_log_file, check_resumable, default_output_dir, remove_log_file
+from lavila.train.run_spec import (
+    adopt_checkpoint_spec,
+    describing_source,
+    explicit_flags,
+    get_checkpoint,
+    model_summary,
+)
 from lavila.train.sampler import PerSampleSeededDataset, ResumableDistributedSampler
 from lavila.train.schedule import cosine_scheduler, set_lr
 from lavila.train.startup import check_reference_paths, flag_problems, model_tower
@@ -74,6 +85,7 @@ class Engine:
     name = "engine"
     description = ""
     metric = "avg_map"  # key of ``evaluate``'s result tracked for checkpoint_best.pt (higher is better)
+    metric_unit = "fraction"  # of ``evaluate``'s values, shown with them in the log ("fraction" or "percent")
     defaults: dict[str, Any] = {}  # engine defaults for the common flags (see flags.add_common_args)
 
     def add_args(self, parser: argparse.ArgumentParser) -> None:
@@ -158,15 +170,21 @@ def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 class PreemptionFlag:
-    """Records SIGTERM / SIGUSR1 so the loop can checkpoint at the next step boundary."""
+    """Records SIGTERM / SIGUSR1 / SIGINT (Ctrl-C) so the loop can checkpoint at the next step boundary; a second
+    Ctrl-C aborts at once (KeyboardInterrupt, no checkpoint)."""
 
-    SIGNALS = ("SIGTERM", "SIGUSR1")
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
     def __init__(self) -> None:
         self.signal: int | None = None
         self._previous: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT:
+            if self.signal == signal.SIGINT:
+                raise KeyboardInterrupt("second Ctrl-C: aborted without saving")
+            print("Ctrl-C: saving a checkpoint at the next step, then stopping (Ctrl-C again aborts at once)",
+                  file=sys.stderr, flush=True)
         self.signal = signum
 
     def install(self) -> None:
@@ -202,9 +220,9 @@ def _agree(flags: Sequence[float], device: torch.device) -> list[float]:
 
 
 def build_parser(engine: Engine) -> argparse.ArgumentParser:
-    from lavila.train.flags import add_common_args
+    from lavila.train.flags import HelpFormatter, add_common_args
 
-    parser = ArgumentParser(description=engine.description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(description=engine.description, formatter_class=HelpFormatter)
     add_common_args(parser, **engine.defaults)
     engine.add_args(parser)
     parser.set_defaults(**REFERENCE_DATA_PATHS.get(engine.name, {}))  # the reference's datasets/... layout
@@ -217,19 +235,6 @@ def parse_engine_args(engine: Engine, argv: Sequence[str] | None = None) -> argp
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
-
-
-def _resolve_checkpoint_source(source: str, trusted: bool) -> dict[str, Any]:
-    """A path, or (when lavila.zoo exists) a zoo name or URL."""
-    if os.path.isfile(source):
-        return load_checkpoint(source, trusted=trusted)
-    try:
-        from lavila import zoo
-    except ImportError:
-        raise FileNotFoundError(f"checkpoint not found: {source}") from None
-    if trusted:
-        return load_checkpoint(zoo.resolve(source), trusted=True)
-    return zoo.load(source)
 
 
 def load_model_weights(model: nn.Module, ckpt: dict[str, Any]) -> None:
@@ -322,6 +327,11 @@ def restore_training_state(ckpt: dict[str, Any], model: nn.Module, optimizer: to
 # ------------------------------------------------------------------------------------------------ the run
 
 
+def _ignore_sigint(worker_id: int) -> None:
+    """Ctrl-C reaches the loader workers too (one process group): the main process decides when to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def build_loader(dataset: Dataset, args: argparse.Namespace, info: du.DistInfo, training: bool) -> DataLoader:
     """Training: resumable sharded shuffle, ``drop_last``, skip-and-count collate (``--skip-policy``).
     Evaluation: :func:`lavila.evaluation.zeroshot.sharded_loader` (rank r takes whole batches r, r + world, ..., so
@@ -340,7 +350,7 @@ def build_loader(dataset: Dataset, args: argparse.Namespace, info: du.DistInfo, 
         generator = torch.Generator().manual_seed(args.seed + info.rank)  # worker seeds; leaves the global RNG alone
         loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                             collate_fn=SkipCollate(tracker, args.skip_policy), drop_last=True, pin_memory=pin_memory,
-                            generator=generator)
+                            generator=generator, worker_init_fn=_ignore_sigint if args.workers > 0 else None)
     else:
         from lavila.evaluation.zeroshot import sharded_loader
 
@@ -358,9 +368,16 @@ def _autocast(args: argparse.Namespace, device: torch.device) -> Any:
 
 def run_evaluation(engine: Engine, model: nn.Module, val_loader: DataLoader, args: argparse.Namespace,
                    device: torch.device) -> dict[str, float]:
+    from lavila.data.loader import SampleSkippedError
+    from lavila.data.video import VideoDecodeError
+
     model.eval()
-    with torch.no_grad(), _autocast(args, device):
-        metrics = engine.evaluate(unwrap_model(model), val_loader, args, device)
+    try:
+        with torch.no_grad(), _autocast(args, device):
+            metrics = engine.evaluate(unwrap_model(model), val_loader, args, device)
+    except (SampleSkippedError, VideoDecodeError) as exc:  # evaluation reads every sample, whatever --skip-policy
+        raise TrainingError(f"evaluation: {_last_line(exc)} (every evaluation sample must be readable: fix the "
+                            "file or remove its row from --val-metadata)") from exc
     model.train()
     return {k: float(v) for k, v in metrics.items()}
 
@@ -392,11 +409,14 @@ def run(engine: Engine, argv: Sequence[str] | None = None, *, args: argparse.Nam
     ``stop_after_epochs`` (API only, for tests and scripts) stops like a preemption after that many epochs of this
     invocation; ``preemption`` lets a caller request a stop without a signal.
     """
+    given = list(argv) if argv is not None else (sys.argv[1:] if args is None else None)
     args = args if args is not None else parse_engine_args(engine, argv)
+    explicit = explicit_flags(build_parser(engine), given, args)
     problems = flag_problems(args)
     if problems:
         raise TrainingError("; ".join(problems))
     if getattr(args, "print_config", False):  # validated; nothing is read, built or joined
+        args.output_dir = args.output_dir or default_output_dir(engine.name, args)
         sys.stdout.write(config_yaml(args))
         sys.stdout.flush()
         return {"status": "printed", "config": resolved_config(args)}
@@ -405,21 +425,38 @@ def run(engine: Engine, argv: Sequence[str] | None = None, *, args: argparse.Nam
     flag = preemption or PreemptionFlag()
     flag.install()
     try:
-        return _run(engine, args, info, log, flag, stop_after_epochs)
+        return _run(engine, args, info, log, flag, stop_after_epochs, explicit=explicit)
     finally:
         flag.uninstall()
+        remove_log_file(log)
+
+
+def _describe_run(engine: Engine, args: argparse.Namespace, explicit: set[str], log: Any) -> Path:
+    """Model settings from the checkpoint that describes the run (run_spec), the output folder (default
+    ``work_dirs/<engine>_<model>``), and the guard against auto-resuming a different run (run_dir)."""
+    source = describing_source(args)
+    if source is not None:
+        adopt_checkpoint_spec(args, get_checkpoint(source[0], args.trust_checkpoint), source[0], source[1],
+                              explicit, log)
+    if not args.output_dir:
+        args.output_dir = default_output_dir(engine.name, args)
+    out_dir = Path(args.output_dir)
+    if not args.evaluate and (out_dir / CHECKPOINT).is_file():
+        check_resumable(out_dir, args, log)
+    return out_dir
 
 
 def _run(engine: Engine, args: argparse.Namespace, info: du.DistInfo, log: Any, flag: PreemptionFlag,
-         stop_after_epochs: int | None) -> dict[str, Any]:
+         stop_after_epochs: int | None, explicit: set[str] | None = None) -> dict[str, Any]:
     errors, notes = check_reference_paths(args, engine.name)
     if errors:
         raise TrainingError("; ".join(errors))
     notes += no_effect_notes(args, vars(build_parser(engine).parse_args([])))
-    engine.prepare_args(args, info)
-    out_dir = Path(args.output_dir)
+    out_dir = _describe_run(engine, args, explicit or set(), log)
     if info.rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
+        add_log_file(out_dir, log)
+    engine.prepare_args(args, info)
     save_resolved_config(args, out_dir)
     metrics_log = MetricLogger(out_dir)
     device = info.device
@@ -429,6 +466,7 @@ def _run(engine: Engine, args: argparse.Namespace, info: du.DistInfo, log: Any, 
 
     train_set, val_set = engine.build_datasets(args)
     model = engine.build_model(args)
+    log.info(model_summary(model, args))
     for note in notes + no_effect_notes(argparse.Namespace(patch_dropout=args.patch_dropout), {}, model_tower(model)):
         log.info(f"note: {note}")
     if args.grad_checkpointing and hasattr(model, "set_grad_checkpointing"):
@@ -458,14 +496,24 @@ def _run(engine: Engine, args: argparse.Namespace, info: du.DistInfo, log: Any, 
     state = TrainState()
     state.epoch = args.start_epoch
     auto = out_dir / CHECKPOINT
-    if auto.is_file():
-        log.info(f"auto-resuming from {auto}")
-        restore_training_state(load_checkpoint(auto, trusted=args.trust_checkpoint), model, optimizer, scaler, state,
-                               full=True, log=log)
-    elif args.resume:
-        log.info(f"resuming from {args.resume}")
-        restore_training_state(_resolve_checkpoint_source(args.resume, args.trust_checkpoint), model, optimizer,
-                               scaler, state, full=True, log=log)
+    resumed_from = auto if auto.is_file() else (args.resume or None)
+    if resumed_from is not None:
+        ckpt = load_checkpoint(auto, trusted=args.trust_checkpoint) if resumed_from == auto else \
+            get_checkpoint(args.resume, args.trust_checkpoint)
+        restore_training_state(ckpt, model, optimizer, scaler, state, full=True, log=log)
+    # records past the starting point come from an attempt that was not saved: drop them (and hide them in TB)
+    dropped = metrics_log.resume_at(state.global_step, state.epoch)
+    if resumed_from is not None:
+        log.info(f"{'auto-' if resumed_from == auto else ''}resuming from {resumed_from}: epoch {state.epoch}, step "
+                 f"{state.step_in_epoch}/{ipe * args.update_freq} of the epoch, optimiser step {state.global_step}"
+                 + (f" ({dropped} metrics records past it dropped)" if dropped else ""))
+    if state.epoch >= args.epochs:
+        log.info(f"the run in {out_dir} is finished ({state.epoch}/{args.epochs} epochs): nothing to do; a new "
+                 "--output-dir starts another run, --epochs N --resume-anyway trains this one longer")
+        metrics_log.close()
+        return {"status": "finished", "already_finished": True, "output_dir": str(out_dir), "metrics": {},
+                "best": state.best if math.isfinite(state.best) else None, "global_step": state.global_step,
+                "skipped_samples": state.skipped}
     ddp = model
     if info.distributed:
         ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
@@ -504,9 +552,11 @@ def _run(engine: Engine, args: argparse.Namespace, info: du.DistInfo, log: Any, 
         if (epoch + 1) % args.save_freq == 0 or is_best or state.epoch == args.epochs:
             save_training_checkpoint(engine, args, ddp, optimizer, scaler, state, best=is_best)
         record["skipped_samples"] = state.skipped
-        metrics_log.log_epoch(epoch, record)
+        metrics_log.log_epoch(epoch, record, step=state.global_step)
         if record:
-            log.info(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+            tested = any(k.startswith("test_") for k in record)
+            unit = f" (test_ metrics: {engine.metric_unit})" if tested else ""
+            log.info(f"epoch {epoch}{unit}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                     for k, v in record.items()))
         if stop_after_epochs is not None and epochs_run >= stop_after_epochs and state.epoch < args.epochs:
             summary.update(status="stopped", epoch=state.epoch)
@@ -529,7 +579,7 @@ def _train_epoch(engine: Engine, args: argparse.Namespace, model: nn.Module, loa
     sums: dict[str, float] = {}
     count = 0
     t0 = time.monotonic()
-    bar = progress(loader, total=max(n_micro - start_micro, 0), desc=f"epoch {epoch}", every=args.print_freq)
+    bar = progress(loader, total=n_micro, desc=f"epoch {epoch}", every=args.print_freq, start=start_micro)
     if start_micro == 0:
         optimizer.zero_grad(set_to_none=True)
     for micro, batch in enumerate(bar, start=start_micro):
@@ -591,7 +641,7 @@ def _train_epoch(engine: Engine, args: argparse.Namespace, model: nn.Module, loa
         averages = {f"train_{k}": du.all_reduce_mean(v / count) for k, v in sums.items()}
         averages["train_lr"] = optimizer.param_groups[0]["lr"]
         averages["epoch_seconds"] = time.monotonic() - t0
-        metrics_log.log_epoch(epoch, averages, kind="train")
+        metrics_log.log_epoch(epoch, averages, kind="train", step=state.global_step)
     return None
 
 
@@ -601,13 +651,13 @@ def _evaluate_only(engine: Engine, args: argparse.Namespace, model: nn.Module, v
         raise TrainingError("--evaluate needs evaluation data: pass --val-metadata (and its video root)")
     if args.resume:
         log.info(f"evaluating weights from {args.resume}")
-        load_model_weights(model, _resolve_checkpoint_source(args.resume, args.trust_checkpoint))
+        load_model_weights(model, get_checkpoint(args.resume, args.trust_checkpoint))
     elif not getattr(args, "pretrain_model", ""):
         log.warning("--evaluate without --resume or --pretrain-model evaluates a randomly initialised model")
     metrics = run_evaluation(engine, model, val_loader, args, device)
     metrics_log.log_epoch(-1, metrics, kind="eval")
     metrics_log.close()
-    log.info("evaluation: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    log.info(f"evaluation ({engine.metric_unit}): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return {"status": "evaluated", "metrics": metrics, "output_dir": str(args.output_dir)}
 
 

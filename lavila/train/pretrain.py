@@ -14,6 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lavila.train.engine_utils import (
+    check_annotations,
+    check_training_items,
     evaluate_mir,
     get_checkpoint,
     init_pretrained,
@@ -36,8 +38,9 @@ class PretrainEngine(Engine):
 
     def add_args(self, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("pretraining")
-        g.add_argument("--dataset", default="ego4d", choices=["ego4d"])
-        g.add_argument("--dataset-val", default="ek100_mir", choices=["ek100_mir", "egoschema"])
+        g.add_argument("--dataset", default="ego4d", choices=["ego4d"], help="training data")
+        g.add_argument("--dataset-val", default="ek100_mir", choices=["ek100_mir", "egoschema"],
+                       help="zero-shot evaluation task")
         g.add_argument("--root-val", default=None, help="video root of the evaluation set")
         g.add_argument("--train-metadata-aux", nargs="+", default=[], help="extra Ego4D metadata pickles")
         g.add_argument("--relevancy-path", default=None, help="EK100 MIR relevancy pickle (default: beside the CSV)")
@@ -47,10 +50,14 @@ class PretrainEngine(Engine):
                             "--pretrain-zoo deit (DeiT/Vim visual init), as upstream")
         g.add_argument("--freeze-temperature", dest="freeze_temperature", action="store_true",
                        help="keep the temperature at 0.07 (default, as every release recipe)")
-        g.add_argument("--no-freeze-temperature", dest="freeze_temperature", action="store_false")
-        g.add_argument("--local-loss", action="store_true")
-        g.add_argument("--gather-with-grad", dest="gather_with_grad", action="store_true")
-        g.add_argument("--no-gather-with-grad", dest="gather_with_grad", action="store_false")
+        g.add_argument("--no-freeze-temperature", dest="freeze_temperature", action="store_false",
+                       help="learn the temperature (logit scale, clamped to [0, ln 100])")
+        g.add_argument("--local-loss", action="store_true",
+                       help="InfoNCE of this process's rows against all columns (less compute)")
+        g.add_argument("--gather-with-grad", dest="gather_with_grad", action="store_true",
+                       help="gradients through the gathered embeddings of every process (default)")
+        g.add_argument("--no-gather-with-grad", dest="gather_with_grad", action="store_false",
+                       help="gradients through this process's embeddings only")
         g.add_argument("--evaluate-task", default=None, choices=["ek100_mir", "egoschema"],
                        help="task of --evaluate (default: --dataset-val)")
         parser.set_defaults(freeze_temperature=True, gather_with_grad=True)
@@ -72,11 +79,15 @@ class PretrainEngine(Engine):
             train = Ego4DPretrainDataset(args.root, args.train_metadata, args.train_metadata_aux, is_training=True,
                                          context_length=args.context_length, on_error=args.skip_policy,
                                          **train_video_kwargs(args))
+            check_training_items(train, args)
         val = None
         if args.val_metadata and args.root_val and not (absent_reference_default(args.val_metadata)
                                                         or absent_reference_default(args.root_val)):
             if args.dataset_val == "ek100_mir":
                 from lavila.data.ek100 import EK100MIRDataset
+
+                check_annotations("mir", args.val_metadata, args.root_val, args, training=False,
+                                  flag="--val-metadata", root_flag="--root-val")
 
                 val = EK100MIRDataset(args.root_val, args.val_metadata, is_training=False,
                                       context_length=args.context_length, **common)
