@@ -24,7 +24,7 @@ def known_errors() -> tuple[type[BaseException], ...]:
             RendezvousTimeoutError, SampleSkippedError, VideoDecodeError)
 
 
-def _last_line(exc: BaseException) -> str:
+def last_line(exc: BaseException) -> str:
     """The message itself: an error re-raised from a DataLoader worker carries the worker's traceback first."""
     text = str(exc)
     if not text.startswith("Caught "):
@@ -39,6 +39,6 @@ def describe_error(exc: BaseException) -> str:
     from lavila.data.video import VideoDecodeError
 
     if isinstance(exc, (SampleSkippedError, VideoDecodeError)):
-        return (f"{_last_line(exc)} (fix or remove that file; evaluation needs every sample, training with "
+        return (f"{last_line(exc)} (fix or remove that file; evaluation needs every sample, training with "
                 "--skip-policy raise stops at the first unreadable one and --skip-policy skip skips and counts them)")
     return str(exc)

@@ -51,7 +51,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from lavila.config import ArgumentParser, config_yaml, parse_args, resolved_config, save_resolved_config
-from lavila.train.errors import NonFiniteLossError, TrainingError, describe_error, known_errors
+from lavila.train.errors import NonFiniteLossError, TrainingError, describe_error, known_errors, last_line
 from lavila.train.flags import REFERENCE_DATA_PATHS, REFERENCE_DEFAULTS, no_effect_notes, parse_overrides
 from lavila.train.optim import build_optimizer
 from lavila.train.run_dir import add_log_file, check_resumable, default_output_dir, remove_log_file
@@ -376,7 +376,7 @@ def run_evaluation(engine: Engine, model: nn.Module, val_loader: DataLoader, arg
         with torch.no_grad(), _autocast(args, device):
             metrics = engine.evaluate(unwrap_model(model), val_loader, args, device)
     except (SampleSkippedError, VideoDecodeError) as exc:  # evaluation reads every sample, whatever --skip-policy
-        raise TrainingError(f"evaluation: {_last_line(exc)} (every evaluation sample must be readable: fix the "
+        raise TrainingError(f"evaluation: {last_line(exc)} (every evaluation sample must be readable: fix the "
                             "file or remove its row from --val-metadata)") from exc
     model.train()
     return {k: float(v) for k, v in metrics.items()}
