@@ -78,6 +78,9 @@ def test_resume_after_epoch_is_bit_identical(data, tmp_path, uninterrupted):
     resumed = load_checkpoint(tmp_path / CHECKPOINT)
     assert state_dicts_equal(uninterrupted["state_dict"], resumed["state_dict"])
     assert uninterrupted["global_step"] == resumed["global_step"] == 4
+    # a restart would also end bit-identical on CPU: the relaunch must have run (and logged) only epoch 1's steps
+    steps = [(r["step"], r["epoch"]) for r in read_metrics(tmp_path, "step")]
+    assert steps == [(1, 0), (2, 0), (3, 1), (4, 1)], steps
 
 
 class _StopAt(PreemptionFlag):
