@@ -38,7 +38,7 @@ class Mutation:
 
 RESUME_TESTS = ("tests/test_reliability_resume.py",
                 "tests/test_engines_pretrain.py::test_resume_after_epoch_is_bit_identical")
-SKIP_TESTS = ("tests/test_reliability_resume.py",)
+SKIP_TESTS = ("tests/test_reliability_resume.py",)  # also the --save-freq and non-finite-loss tests
 KERNEL_TESTS = ("tests/test_ckernels.py",)
 
 MUTATIONS = (
@@ -68,6 +68,18 @@ MUTATIONS = (
              KERNEL_TESTS),
     Mutation("optimizer-not-restored", "the optimizer state is not restored on resume", "lavila/train/loop.py",
              r'optimizer\.load_state_dict\(ckpt\["optimizer"\]\)', "pass", RESUME_TESTS),
+    # further claims the suite guards (not from the audit): the --save-freq cadence, the last good checkpoint after a
+    # non-finite loss, --pretrain-zoo initialisation
+    Mutation("save-freq-ignored", "checkpoint.pt saved every epoch whatever --save-freq", "lavila/train/loop.py",
+             r"\(epoch \+ 1\) % args\.save_freq == 0", "True", SKIP_TESTS),
+    Mutation("non-finite-overwrites", "a non-finite loss overwrites the last good checkpoint", "lavila/train/loop.py",
+             r"raise NonFiniteLossError\(",
+             'save_checkpoint({"diverged": True}, last)\n                raise NonFiniteLossError(', SKIP_TESTS),
+    Mutation("clip-zoo-ignored", "--pretrain-zoo open_clip leaves the model random", "lavila/train/engine_utils.py",
+             r"convert\.init_from_clip\(model, state\)", "pass", ("tests/test_engines_pretrain_zoo.py",)),
+    Mutation("lavila-zoo-ignored", "--pretrain-zoo lavila leaves the model random", "lavila/train/engine_utils.py",
+             r"load_weights\(model, _load_weights_file\(path, args\)\)", "pass",
+             ("tests/test_engines_pretrain_zoo.py",)),
 )
 
 
