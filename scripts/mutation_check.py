@@ -68,8 +68,10 @@ MUTATIONS = (
              KERNEL_TESTS),
     Mutation("optimizer-not-restored", "the optimizer state is not restored on resume", "lavila/train/loop.py",
              r'optimizer\.load_state_dict\(ckpt\["optimizer"\]\)', "pass", RESUME_TESTS),
-    # further claims the suite guards (not from the audit): the --save-freq cadence, the last good checkpoint after a
-    # non-finite loss, --pretrain-zoo initialisation
+    # further claims the suite guards (not from the audit): RNG restore, the --save-freq cadence, the last good
+    # checkpoint after a non-finite loss, --pretrain-zoo initialisation
+    Mutation("rng-not-restored", "the RNG states are not restored on resume", "lavila/train/loop.py",
+             r"set_rng_state\(rng\[du\.get_rank\(\)\]\)", "pass", SKIP_TESTS),
     Mutation("save-freq-ignored", "checkpoint.pt saved every epoch whatever --save-freq", "lavila/train/loop.py",
              r"\(epoch \+ 1\) % args\.save_freq == 0", "True", SKIP_TESTS),
     Mutation("non-finite-overwrites", "a non-finite loss overwrites the last good checkpoint", "lavila/train/loop.py",

@@ -44,7 +44,9 @@ def _launch(data: Path, out: Path) -> list[subprocess.Popen]:
                                                                 "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS")}
         env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-        cmd = [sys.executable, str(REPO / "main_pretrain.py"), *pretrain_args(data, out, *RUN_ARGS)]
+        # depth 2: with one block the drop-path schedule gives that block rate 0
+        argv = ["depth=2" if a == "depth=1" else a for a in pretrain_args(data, out, *RUN_ARGS)]
+        cmd = [sys.executable, str(REPO / "main_pretrain.py"), *argv]
         procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True))
     return procs
