@@ -19,6 +19,17 @@ SHARED_DIR = Path(os.environ.get("LAVILA_SHARED_DIR", REPO_ROOT.parent / "shared
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With a C compiler present, a kernel that fails to build fails the session with the compiler's message (the
+    kernel tests skip only when there is no compiler at all)."""
+    from kernel_check import kernel_build_failures
+
+    failures = kernel_build_failures()
+    if failures:
+        pytest.exit("a compiled C kernel failed to build although a C compiler is present:\n" + "\n".join(failures),
+                    returncode=1)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

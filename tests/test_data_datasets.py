@@ -194,8 +194,10 @@ def test_bad_evaluation_sample_raises_naming_the_path(data, tmp_path):
     vid = pd.read_csv(ret / "EPIC_100_retrieval_test.csv")["video_id"].iloc[0]
     (root / vid / "0000.mp4").write_bytes(b"\x00" * 5000)
     ds = EK100MIRDataset(root, ret / "EPIC_100_retrieval_test.csv", is_training=False, num_frames=T, crop_size=S)
-    with pytest.raises(Exception, match=f"{root}/{vid}/0000.mp4"):
-        run_loader(ds)
+    from lavila.data.video import VideoDecodeError
+
+    with pytest.raises(VideoDecodeError, match=f"cannot decode video {root}/{vid}/0000.mp4"):
+        run_loader(ds)  # re-raised from a DataLoader worker with its type kept
 
 
 def test_distributed_sampler_shards(data):

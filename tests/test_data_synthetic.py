@@ -52,6 +52,21 @@ def test_layout_and_official_columns(data):
     assert all((data / "egoschema" / "videos" / f"{q['q_uid']}.mp4").is_file() for q in questions)
 
 
+def _official_relevancy(clips: pd.DataFrame, sentences: pd.DataFrame) -> np.ndarray:
+    """The EK100 MIR definition written out pair by pair (independent of build_relevancy): (verb equal + IoU of
+    the noun-class sets) / 2, a sentence having the classes of the clip with its narration_id."""
+    import ast
+
+    classes = [(int(r.verb_class), set(ast.literal_eval(str(r.all_noun_classes)))) for r in clips.itertuples()]
+    by_id = dict(zip(clips["narration_id"].astype(str), classes))
+    columns = [by_id[str(n)] for n in sentences["narration_id"]]
+    out = np.zeros((len(classes), len(columns)))
+    for i, (verb, nouns) in enumerate(classes):
+        for j, (s_verb, s_nouns) in enumerate(columns):
+            out[i, j] = 0.5 * (verb == s_verb) + 0.5 * len(nouns & s_nouns) / len(nouns | s_nouns)
+    return out
+
+
 def test_relevancy_pickle_is_the_official_definition(data):
     from lavila.evaluation.relevancy import build_relevancy, load_relevancy
 
@@ -60,7 +75,10 @@ def test_relevancy_pickle_is_the_official_definition(data):
         clips = pd.read_csv(ret / f"EPIC_100_retrieval_{split}.csv")
         sentences = pd.read_csv(ret / f"EPIC_100_retrieval_{split}_sentence.csv")
         rel = load_relevancy(ret / "relevancy" / f"caption_relevancy_EPIC_100_retrieval_{split}.pkl")
-        assert np.array_equal(rel, build_relevancy(clips, sentences))
+        expected = _official_relevancy(clips, sentences)
+        assert {0.0, 0.5, 1.0} <= set(np.unique(expected)), "the generated data should exercise every level"
+        np.testing.assert_allclose(rel, expected, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(build_relevancy(clips, sentences), expected, rtol=0, atol=1e-12)
         # same verb and noun class as the sentence's clip <=> relevancy 1
         assert rel.shape == (len(clips), len(sentences)) and set(np.unique(rel)) <= {0.0, 0.5, 1.0}
 

@@ -182,3 +182,22 @@ def test_demo_end_to_end_tiny(tmp_path):
                     "--ego4d-videos", "2", "--ek100-test-videos", "1", "--egoschema-questions", "5",
                     "--video-sec", "20", "--epochs", "1", "--batch-size", "8"])
     assert rc == 0 and (tmp_path / "data" / "manifest.json").stat().st_mtime == stamp  # data reused
+
+
+@pytest.mark.slow
+def test_demo_default_size_meets_the_readme_mir_target(tmp_path):
+    """`make demo` at its default sizes (about 5 minutes on 2 cores) meets the MIR target the README promises, with
+    numbers near the README's expected output."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    shown = re.search(r"EK100-style MIR avg mAP\s+([\d.]+)\s+([\d.]+)", readme)
+    assert shown and "MIR target (>= 0.5 and >= min(3 x init, halfway from init to 1)" in readme
+    rc = demo.main(["--data-dir", str(tmp_path / "data"), "--output-dir", str(tmp_path / "out")])
+    assert rc == 0
+    summary = json.loads((tmp_path / "out" / "report" / "summary.json").read_text())
+    init, final = summary["mir_avg_map_init"], summary["mir_avg_map_final"]
+    assert final >= demo_report.acceptance_target(init) == pytest.approx(summary["mir_avg_map_target"])
+    assert summary["mir_target_met"]
+    assert init == pytest.approx(float(shown.group(1)), abs=0.05)
+    assert final == pytest.approx(float(shown.group(2)), abs=0.1)

@@ -40,14 +40,19 @@ def test_mir_finetune_end_to_end(data, pretrained, tmp_path):
     assert ckpt["state_dict"]["visual.temporal_embed"].shape[1] == 3
     metrics = summary["metrics"]
     assert set(metrics) >= {"vis_map", "txt_map", "avg_map", "vis_ndcg", "txt_ndcg", "avg_ndcg"}
-    assert 0 < metrics["avg_map"] <= 1
+    for kind in ("map", "ndcg"):
+        assert metrics[f"avg_{kind}"] == pytest.approx((metrics[f"vis_{kind}"] + metrics[f"txt_{kind}"]) / 2)
 
     p = paths(data)
-    evaluated = run(RetrievalEngine(), ["--evaluate", "--resume", str(out / CHECKPOINT), "--root", p["ek_root"],
-                                        "--val-metadata", p["mir_test"], "--output-dir", str(tmp_path / "eval"),
-                                        "--input-size", "32", "--clip-length", "3", "--workers", "0",
-                                        "--device", "cpu", "--batch-size", "5"])
+    evaluate = ["--evaluate", "--root", p["ek_root"], "--val-metadata", p["mir_test"], "--input-size", "32",
+                "--clip-length", "3", "--workers", "0", "--device", "cpu", "--batch-size", "5"]
+    evaluated = run(RetrievalEngine(), [*evaluate, "--resume", str(out / CHECKPOINT), "--output-dir",
+                                        str(tmp_path / "eval")])
     assert evaluated["metrics"] == pytest.approx(metrics, abs=1e-6)
+    # fine-tuning learned something: the starting checkpoint scores clearly lower (0.42 vs 0.53 avg mAP here)
+    start = run(RetrievalEngine(), [*evaluate, "--pretrain-model", str(pretrained), "--output-dir",
+                                    str(tmp_path / "eval0"), *TINY_MODEL[:TINY_MODEL.index("--input-size")]])
+    assert metrics["avg_map"] > start["metrics"]["avg_map"] + 0.05, (metrics, start["metrics"])
     (record,) = read_metrics(tmp_path / "eval", "eval")
     assert record["avg_map"] == pytest.approx(metrics["avg_map"], abs=1e-6)
 

@@ -162,15 +162,26 @@ def ek100_test_relevancy(ek100_annotations) -> np.ndarray:
                            pd.read_csv(ret / "EPIC_100_retrieval_test_sentence.csv"))
 
 
-def test_real_ek100_full_size(ek100_test_relevancy):
-    """The full 9,668 x 3,842 problem on the rebuilt real relevancy: time, and a row/column subset vs the reference."""
+def test_real_ek100_full_size(ek100_test_relevancy, monkeypatch, backend):
+    """The full 9,668 x 3,842 problem on the rebuilt real relevancy: the path under test does it (the compiled kernel
+    is not silently replaced by NumPy), in a bounded time, and a row/column subset matches the reference.
+
+    The 2 s target is measured by benchmarks/bench_mir_metrics.py (0.77 s in RESULTS.md); the bound here is 5x the
+    target (10x for the NumPy path, 1.7-2.2 s there), slack for a loaded shared 2-core machine, not a claim.
+    """
+    calls = []
+    original = retrieval_kernel.direction_scores
+    monkeypatch.setattr(retrieval_kernel, "direction_scores", lambda *a, **k: calls.append(1) or original(*a, **k))
     rel = ek100_test_relevancy
     rng = np.random.default_rng(0)
     sim = rng.random(rel.shape, dtype=np.float32)  # float32 in [0, 1): plenty of exact ties
     tic = time.perf_counter()
     scores = retrieval_scores(sim, rel)
     elapsed = time.perf_counter() - tic
-    assert elapsed < 60, f"full MIR metrics took {elapsed:.1f}s (target 2 s; benchmarks/bench_mir_metrics.py times it)"
+    compiled = backend == "kernel"
+    assert bool(calls) == compiled, f"the {backend} path was not the one taken"
+    bound = 10.0 if compiled else 20.0
+    assert elapsed < bound, f"full MIR metrics took {elapsed:.1f}s (target 2 s; benchmarks/bench_mir_metrics.py)"
     rows = rng.choice(rel.shape[0], 40, replace=False)
     cols = rng.choice(rel.shape[1], 40, replace=False)
     ref_v = np.array([reference_row(sim[i], rel[i]) for i in rows])

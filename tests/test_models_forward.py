@@ -192,13 +192,22 @@ def test_drop_path_scales_kept_samples():
 
 
 def test_vivim_keeps_fp32_residual_under_autocast():
+    """The residual stream between layers stays float32 under bf16 autocast (checked on every layer's output: an
+    output tolerance cannot tell a bf16 residual from an fp32 one on a tiny model)."""
     model = _tiny("CLIP_ViViM_tiny").eval()
+    residual_dtypes = []
+    hooks = [layer.register_forward_hook(lambda mod, inp, out: residual_dtypes.append(out[1].dtype))
+             for layer in model.visual.layers]
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model.visual(_video())
+    for hook in hooks:
+        hook.remove()
+    assert len(residual_dtypes) == len(model.visual.layers) > 0
+    assert set(residual_dtypes) == {torch.float32}, residual_dtypes
     assert torch.isfinite(out.float()).all()
     with torch.no_grad():
         ref = model.visual(_video())
-    assert torch.allclose(out.float(), ref, atol=0.1, rtol=0.1)
+    assert torch.allclose(out.float(), ref, atol=0.1, rtol=0.1)  # bf16 mixers: close, not equal
 
 
 def test_every_registry_model_builds_tiny():
@@ -215,11 +224,18 @@ def test_cuda_matches_cpu_and_bf16_autocast_is_finite(name):
     if name in GATED:
         _set_gates(model, 0.5)
     video, tokens = _video(), _tokens()
+    residual_dtypes = []
+    layers = getattr(model.visual, "layers", [])  # ViViM: (hidden, residual) per layer, the residual kept fp32
     with torch.no_grad():
         cpu = model(video, tokens)["image_embed"]
         model.cuda()
         gpu = model(video.cuda(), tokens.cuda())["image_embed"].cpu()
+        hooks = [layer.register_forward_hook(lambda m, i, o: residual_dtypes.append(o[1].dtype)) for layer in layers]
         with torch.autocast("cuda", dtype=torch.bfloat16):
             bf16 = model(video.cuda(), tokens.cuda())["image_embed"].float().cpu()
+        for hook in hooks:
+            hook.remove()
     assert torch.allclose(cpu, gpu, atol=1e-3)
+    # a tolerance on unit vectors cannot tell a bf16 residual from an fp32 one: the dtype is checked directly
+    assert set(residual_dtypes) <= {torch.float32} and len(residual_dtypes) == len(layers)
     assert torch.isfinite(bf16).all() and torch.allclose(cpu, bf16, atol=0.1)

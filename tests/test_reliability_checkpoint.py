@@ -137,5 +137,9 @@ def test_torn_auto_resume_checkpoint_is_a_clear_error(data, tmp_path, capsys):
     assert rc == 2 and str(out / CHECKPOINT) in capsys.readouterr().err
 
 
-def test_tiny_model_flags_match_checkpoint_helper():
-    assert "--model-overrides" in TINY_MODEL  # the engine flags above build the same tiny model as _model()
+def test_tiny_model_flags_match_checkpoint_helper(tmp_path):
+    """The engine flags used above build the same architecture as _model() (so its checkpoints fit the engines)."""
+    engine = PretrainEngine()
+    args = loop.parse_engine_args(engine, [*TINY_MODEL, "--output-dir", str(tmp_path)])
+    built = {k: v.shape for k, v in engine.build_model(args).state_dict().items()}
+    assert built == {k: v.shape for k, v in _model().state_dict().items()}

@@ -70,12 +70,24 @@ def _finish(proc: subprocess.Popen, timeout: float = 180.0) -> tuple[int, str]:
     return proc.returncode, out
 
 
+def _logged_steps(out: Path) -> list[int]:
+    path = out / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [json.loads(line)["step"] for line in lines if line.startswith('{"type": "step"')]
+
+
 def _assert_resumes_identically(data: Path, out: Path, reference: dict, in_process: bool = True) -> dict:
+    """Relaunch; it must continue from the saved global step (a restart would also end bit-identical on CPU): it logs
+    exactly the steps after the saved one, and ends with the uninterrupted run's weights."""
+    saved = load_checkpoint(out / CHECKPOINT)["global_step"] if (out / CHECKPOINT).is_file() else 0
+    before = len(_logged_steps(out))
     if in_process:
         assert run(PretrainEngine(), pretrain_args(data, out, *RUN_ARGS))["status"] == "finished"
     else:
         rc, log = _finish(_launch(data, out))
         assert rc == 0, log[-3000:]
+        assert (f"auto-resuming from {out / CHECKPOINT}" in log) == (saved > 0)
+    assert _logged_steps(out)[before:] == list(range(saved + 1, 13)), "the relaunch did not start at the saved step"
     final = load_checkpoint(out / CHECKPOINT)
     assert final["global_step"] == reference["global_step"] == 12
     assert state_dicts_equal(final["state_dict"], reference["state_dict"])
@@ -99,6 +111,22 @@ def test_kill9_at_random_step_resumes_bit_identical(data, tmp_path, reference):
     if (tmp_path / CHECKPOINT).is_file():  # whatever survived the kill is a complete checkpoint
         assert load_checkpoint(tmp_path / CHECKPOINT)["epoch"] >= 1
     _assert_resumes_identically(data, tmp_path, reference)
+
+
+@pytest.mark.slow
+def test_kill9_loses_at_most_the_work_since_the_last_save(data, tmp_path, reference):
+    """--save-freq 1: killed in epoch 2, the surviving checkpoint is the end of epoch 1 (steps 5-8 done, at most one
+    epoch lost), and the relaunch redoes exactly the steps after it."""
+    proc = _launch(data, tmp_path)
+    reached = _wait_for(proc, lambda: _steps_logged(tmp_path) >= 9)
+    proc.kill()
+    _finish(proc)
+    assert reached
+    done = _steps_logged(tmp_path)
+    survived = load_checkpoint(tmp_path / CHECKPOINT)
+    assert survived["epoch"] == 2 and survived["global_step"] == 8 and survived["step_in_epoch"] == 0
+    assert done - survived["global_step"] <= 4  # lost: only the steps of the epoch in progress
+    _assert_resumes_identically(data, tmp_path, reference, in_process=False)
 
 
 @pytest.mark.slow

@@ -31,7 +31,13 @@ def test_no_decay_parameters(name):
         assert not any(k in n for k in ("cls_token", "class_embedding", "temporal_embed", "pos_embed",
                                         "positional_embedding", "token_embedding", "ln_", "norm")), n
     assert "textual.token_embedding.weight" in skipped and "textual.positional_embedding" in skipped
-    assert any(n.endswith("attn.Wqkv.weight") or "in_proj" in n or n.endswith(".weight") for n in decayed)
+    # every weight matrix of a linear / conv layer, the attention in-projections and both projections are decayed
+    matrices = {f"{prefix}.weight" for prefix, m in model.named_modules()
+                if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d))}
+    matrices |= {n for n, _ in model.named_parameters() if n.endswith("in_proj_weight")}
+    matrices |= {"visual.image_projection", "textual.text_projection"}
+    assert {"visual.image_projection", "textual.transformer.resblocks.0.attn.in_proj_weight"} <= matrices
+    assert matrices <= decayed, sorted(matrices - decayed)
     if "TimeMamba" in name:
         assert any(n.endswith("A_log") for n in skipped) and any(n.endswith(".D") for n in skipped)
     if "TimeSformer" in name or "TimeMamba" in name:

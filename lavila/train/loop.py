@@ -634,15 +634,21 @@ def _train_epoch(engine: Engine, args: argparse.Namespace, model: nn.Module, loa
             bar.set_postfix_str(f"loss {step_metrics['loss']:.4f} lr {step_metrics['lr']:.3g}")
         stop = _agree([float(flag.signal or 0)], device)[0]
         if stop:
+            _count_skips(loader, state, epoch, log)  # the resumed run never re-reads this part of the epoch
             return int(stop)
-    skipped = int(du.all_reduce_sum(float(loader.skip_tracker.report(epoch, logger=log)["skipped"])).item())
-    state.skipped += skipped
+    _count_skips(loader, state, epoch, log)
     if count:
         averages = {f"train_{k}": du.all_reduce_mean(v / count) for k, v in sums.items()}
         averages["train_lr"] = optimizer.param_groups[0]["lr"]
         averages["epoch_seconds"] = time.monotonic() - t0
         metrics_log.log_epoch(epoch, averages, kind="train", step=state.global_step)
     return None
+
+
+def _count_skips(loader: DataLoader, state: TrainState, epoch: int, log: Any) -> None:
+    """Add the samples skipped since the last count (summed over ranks; collective) to the run's total."""
+    skipped = loader.skip_tracker.report(epoch, logger=log)["skipped"]  # type: ignore[attr-defined]
+    state.skipped += int(du.all_reduce_sum(float(skipped)).item())
 
 
 def _evaluate_only(engine: Engine, args: argparse.Namespace, model: nn.Module, val_loader: DataLoader | None,

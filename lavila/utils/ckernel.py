@@ -26,11 +26,18 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-__all__ = ["CACHE_ENV", "CompiledKernel", "build_library", "thread_pool"]
+__all__ = ["CACHE_ENV", "KERNELS", "CompiledKernel", "build_library", "find_compiler", "thread_pool"]
 
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "LAVILA_KERNEL_CACHE"
+
+KERNELS: dict[str, CompiledKernel] = {}  # every kernel defined so far (by name; the test session builds them all)
+
+
+def find_compiler() -> str | None:
+    """``$CC``, else ``cc`` / ``gcc`` / ``clang`` on the PATH; None when there is none."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 
 
 def _cpu_signature() -> str:
@@ -58,7 +65,7 @@ def build_library(name: str, source: str, flags: Sequence[str], libs: Sequence[s
 
     The compiler is ``$CC``, else ``cc`` / ``gcc`` / ``clang`` on the PATH. Raises on any failure.
     """
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    compiler = find_compiler()
     if compiler is None:
         raise RuntimeError("no C compiler found (cc/gcc/clang)")
     key = hashlib.sha256("\n".join([source, " ".join(flags), " ".join(libs), compiler, platform.machine(),
@@ -95,6 +102,7 @@ class CompiledKernel:
         self.fallback = fallback
         self.state: dict = {}
         self._lock = threading.Lock()
+        KERNELS[name] = self
 
     def load(self) -> ctypes.CDLL | None:
         """The compiled library, building it on first use; None when it cannot be built here."""
