@@ -133,13 +133,14 @@ def test_random_bytes_as_pretrained_checkpoint(tmp_path_factory, tmp_path, rando
 
 def test_annotation_row_that_does_not_parse(tmp_path, bad_csv, capsys):
     argv = ["--root", str(tmp_path), "--train-metadata", str(bad_csv), "--val-metadata", str(bad_csv),
-            "--pretrain-model", "unused.pt", "--output-dir", str(tmp_path / "out"), "--device", "cpu"]
+            "--random-init", "--output-dir", str(tmp_path / "out"), "--device", "cpu"]
     code, _, err = _run_script("main_finetune_classification.py", argv, capsys)
-    _one_error_line(code, err, str(bad_csv), "line 3", "column 'start_timestamp'", "00:0x:01.56")
+    _one_error_line(code, err, str(bad_csv), "line 3", "column start_timestamp", "00:0x:01.56")
 
 
-def test_eval_zeroshot_bad_checkpoint_and_bad_flags(tmp_path, random_bytes, capsys):
-    argv = ["--resume", str(random_bytes), "--mir-metadata", "x.csv", "--mir-root", str(tmp_path),
+def test_eval_zeroshot_bad_checkpoint_and_bad_flags(tmp_path_factory, tmp_path, random_bytes, capsys):
+    p = paths(synthetic_root(tmp_path_factory))  # valid annotations and videos: the start-up check passes
+    argv = ["--resume", str(random_bytes), "--mir-metadata", p["mir_test"], "--mir-root", p["ek_root"],
             "--output-dir", str(tmp_path / "out"), "--device", "cpu"]
     code, _, err = _run_script("eval_zeroshot.py", argv, capsys)
     _one_error_line(code, err, str(random_bytes), "not a torch checkpoint")
@@ -155,7 +156,8 @@ def test_video_that_cannot_be_read_in_evaluation(tmp_path_factory, tmp_path, cap
             "text_width=32", "text_layers=1", "text_heads=2", "img_size=32", "num_frames=2", "--mir-root", str(empty),
             "--mir-metadata", p["mir_test"], "--output-dir", str(tmp_path / "out"), "--device", "cpu"]
     code, _, err = _run_script("eval_zeroshot.py", argv, capsys)
-    _one_error_line(code, err, str(empty / "P02_01"), "--video-chunk-length")
+    # caught by the start-up check (lavila.data.checks), before any model is built
+    _one_error_line(code, err, p["mir_test"], "video 'P02_01' not found under " + str(empty), "--video-chunk-length")
 
 
 def test_debug_flag_and_env_show_the_traceback(tmp_path, capsys, monkeypatch):
@@ -181,7 +183,7 @@ def test_real_process_exit_status_and_stderr(tmp_path, random_bytes):
 # ---- annotation errors name file, line and column ---------------------------------------------------------------
 
 def test_ek100_csv_errors_name_file_line_column(tmp_path, bad_csv):
-    with pytest.raises(AnnotationError, match=r"EPIC_100_train.csv, line 3, column 'start_timestamp'"):
+    with pytest.raises(AnnotationError, match=r"EPIC_100_train.csv, line 3, column start_timestamp"):
         read_ek100_csv(bad_csv)
     ragged = tmp_path / "ragged.csv"
     ragged.write_text(EK100_HEADER + GOOD_ROW + GOOD_ROW.strip() + ",extra,fields\n")

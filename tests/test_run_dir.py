@@ -211,7 +211,7 @@ def test_plot_draws_loss_lr_and_metric_labelled_by_the_real_loss(tmp_path):
     assert all((tmp_path / "plots" / f"{n}.png").stat().st_size > 1000 for n in ("loss", "lr", "metric"))
 
 
-def test_unreadable_evaluation_sample_does_not_blame_the_skip_policy(tmp_path, caplog):
+def test_unreadable_evaluation_sample_does_not_blame_the_skip_policy(tmp_path, capsys):
     from test_train_loop import _Points, _Unreadable
 
     class BadVal(_ToyEngine):
@@ -219,6 +219,6 @@ def test_unreadable_evaluation_sample_does_not_blame_the_skip_policy(tmp_path, c
             return _Points(), _Unreadable(8)
 
     assert main(BadVal(), _argv(tmp_path, "--epochs", "1")) != 0
-    (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
     assert "evaluation: cannot decode video /data/broken.mp4: file not found" in line
     assert "--skip-policy raise" not in line and "--val-metadata" in line

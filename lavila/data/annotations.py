@@ -15,8 +15,8 @@ class AnnotationError(ValueError):
 
 
 def row_error(path: str | os.PathLike, line: int, column: str, value: Any, expected: str) -> AnnotationError:
-    """``<path>, line <line>, column '<column>': <value> ...; expected <expected>``."""
-    return AnnotationError(f"{path}, line {line}, column '{column}': cannot parse {value!r}; expected {expected}")
+    """``<path>, line <line>, column <column>: <value> ...; expected <expected>``."""
+    return AnnotationError(f"{path}, line {line}, column {column}: cannot parse {value!r}; expected {expected}")
 
 
 def csv_line(row_position: int) -> int:

@@ -48,8 +48,11 @@ def video_to_device(frames: torch.Tensor, device: torch.device, args: argparse.N
 def check_annotations(kind: str, metadata: str | None, root: str | None, args: argparse.Namespace, *,
                       training: bool, flag: str, root_flag: str = "--root") -> None:
     """Start-up check of an EK100 split (``kind`` ``mir`` / ``cls``; :mod:`lavila.data.checks`) before any model is
-    built or step run: a problem is one :class:`TrainingError` line naming the file, line and column."""
-    if not metadata:
+    built or step run: a problem is one :class:`TrainingError` line naming the file, line and column. An absent
+    reference default path (an evaluation set the run then goes without) is not checked."""
+    from lavila.train.flags import absent_reference_default
+
+    if not metadata or absent_reference_default(metadata):
         return
     from lavila.data import checks
 

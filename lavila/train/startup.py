@@ -19,7 +19,7 @@ def flag_problems(args: argparse.Namespace) -> list[str]:
 
     problems = []
     for flag, value, low in (("--update-freq", args.update_freq, 1), ("--batch-size", args.batch_size, 1),
-                             ("--epochs", args.epochs, 1), ("--decode-threads", args.decode_threads, 0),
+                             ("--epochs", args.epochs, 0), ("--decode-threads", args.decode_threads, 0),
                              ("--workers", args.workers, 0)):
         if value < low:
             problems.append(f"{flag} must be >= {low}, got {value}")

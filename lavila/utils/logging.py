@@ -23,11 +23,24 @@ from lavila.utils.distributed import is_main_process
 METRICS_FILE = "metrics.jsonl"
 
 
+class _CurrentStdoutHandler(logging.StreamHandler):
+    """Writes to ``sys.stdout`` as it is at each record, not as it was when the logger was made (an entry script run
+    in-process, e.g. under pytest's capture, would otherwise keep writing to a closed stream)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def get_logger(name: str = "lavila") -> logging.Logger:
     """A console logger that prints INFO on rank 0 and only warnings elsewhere."""
     logger = logging.getLogger(name)
     if not getattr(logger, "_lavila_configured", False):
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _CurrentStdoutHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
         logger.addHandler(handler)
         logger.propagate = False
