@@ -50,7 +50,9 @@ def test_mir_finetune_end_to_end(data, pretrained, tmp_path):
                                         str(tmp_path / "eval")])
     assert evaluated["metrics"] == pytest.approx(metrics, abs=1e-6)
     # fine-tuning learned something: the starting checkpoint scores clearly lower (0.42 vs 0.53 avg mAP here)
-    start = run(RetrievalEngine(), [*evaluate, "--pretrain-model", str(pretrained), "--output-dir",
+    # (at the checkpoint's own 2 frames: --evaluate takes the frame count from the checkpoint it evaluates)
+    at_own_frames = [a for i, a in enumerate(evaluate) if a != "--clip-length" and evaluate[i - 1] != "--clip-length"]
+    start = run(RetrievalEngine(), [*at_own_frames, "--pretrain-model", str(pretrained), "--output-dir",
                                     str(tmp_path / "eval0"), *TINY_MODEL[:TINY_MODEL.index("--input-size")]])
     assert metrics["avg_map"] > start["metrics"]["avg_map"] + 0.05, (metrics, start["metrics"])
     (record,) = read_metrics(tmp_path / "eval", "eval")
