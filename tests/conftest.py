@@ -58,3 +58,11 @@ def checkpoint_keys_spec(shared_dir: Path) -> dict:
     if not path.is_file():
         pytest.skip(f"checkpoint key spec not found at {path}")
     return json.loads(path.read_text())
+
+
+@pytest.fixture
+def lavila_log_to_caplog(monkeypatch):
+    """The 'lavila' logger does not propagate (its own console handler); let caplog see its records."""
+    from lavila.utils.logging import get_logger
+
+    monkeypatch.setattr(get_logger("lavila"), "propagate", True)

@@ -12,13 +12,7 @@ from engine_helpers import TINY_MODEL, paths, synthetic_root, tiny_pretrained_ch
 from lavila.data import checks
 from lavila.data.checks import DataCheckError, check_cls, check_mir
 
-
-@pytest.fixture(autouse=True)
-def _lavila_log_to_caplog(monkeypatch):
-    """The 'lavila' logger does not propagate (its own console handler); let caplog see it here."""
-    from lavila.utils.logging import get_logger
-
-    monkeypatch.setattr(get_logger("lavila"), "propagate", True)
+pytestmark = pytest.mark.usefixtures("lavila_log_to_caplog")
 
 
 @pytest.fixture(scope="module")

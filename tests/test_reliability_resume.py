@@ -237,7 +237,7 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
     good = load_checkpoint(tmp_path / CHECKPOINT)
     before = (tmp_path / CHECKPOINT).read_bytes()
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 1 .*last good checkpoint is .*checkpoint\.pt"):
-        run(_CountingEngine(nan_at=2), _argv(tmp_path, "--epochs", "2"))
+        run(_CountingEngine(nan_at=2), _argv(tmp_path, "--epochs", "2", "--resume-anyway"))
     assert (tmp_path / CHECKPOINT).read_bytes() == before
     kept = load_checkpoint(tmp_path / CHECKPOINT)
     assert kept["global_step"] == good["global_step"] == STEPS_PER_EPOCH

@@ -16,13 +16,7 @@ from lavila.train.loop import CHECKPOINT, PreemptionFlag, TrainingError, build_p
 from lavila.utils.checkpoint import load_checkpoint
 from lavila.utils.logging import MetricLogger, progress, read_metrics
 
-
-@pytest.fixture(autouse=True)
-def _lavila_log_to_caplog(monkeypatch):
-    """The 'lavila' logger does not propagate (its own console handler); let caplog see it here."""
-    from lavila.utils.logging import get_logger
-
-    monkeypatch.setattr(get_logger("lavila"), "propagate", True)
+pytestmark = pytest.mark.usefixtures("lavila_log_to_caplog")
 
 
 def test_output_dir_defaults_to_a_named_folder_under_work_dirs(tmp_path, monkeypatch):

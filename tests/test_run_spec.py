@@ -12,13 +12,7 @@ from lavila.train.finetune_classification import ClassificationEngine
 from lavila.train.finetune_retrieval import RetrievalEngine
 from lavila.train.loop import TrainingError, run
 
-
-@pytest.fixture(autouse=True)
-def _lavila_log_to_caplog(monkeypatch):
-    """The 'lavila' logger does not propagate (its own console handler); let caplog see it here."""
-    from lavila.utils.logging import get_logger
-
-    monkeypatch.setattr(get_logger("lavila"), "propagate", True)
+pytestmark = pytest.mark.usefixtures("lavila_log_to_caplog")
 
 
 @pytest.fixture(scope="module")
