@@ -170,11 +170,12 @@ def test_debug_flag_and_env_show_the_traceback(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
-def test_real_process_exit_status_and_stderr(tmp_path, random_bytes):
+def test_real_process_exit_status_and_stderr(tmp_path_factory, tmp_path, random_bytes):
+    p = paths(synthetic_root(tmp_path_factory))  # valid annotations and videos: the start-up check passes
     env = {k: v for k, v in os.environ.items() if k != "LAVILA_DEBUG"}
     env["PYTHONPATH"] = str(REPO)
     proc = subprocess.run([sys.executable, str(REPO / "eval_zeroshot.py"), "--resume", str(random_bytes),
-                           "--mir-metadata", "x.csv", "--mir-root", str(tmp_path), "--device", "cpu",
+                           "--mir-metadata", p["mir_test"], "--mir-root", p["ek_root"], "--device", "cpu",
                            "--output-dir", str(tmp_path / "out")],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     _one_error_line(proc.returncode, proc.stderr, "not a torch checkpoint")
