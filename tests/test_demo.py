@@ -186,8 +186,8 @@ def test_demo_end_to_end_tiny(tmp_path):
 
 @pytest.mark.slow
 def test_demo_default_size_meets_the_readme_mir_target(tmp_path):
-    """`make demo` at its default sizes (about 5 minutes on 2 cores) meets the MIR target the README promises, with
-    numbers near the README's expected output."""
+    """`make demo` at its default sizes (under a minute on the idle 2-core machine) meets the MIR target the README
+    promises, with numbers near the README's expected output."""
     import re
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
