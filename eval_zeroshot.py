@@ -140,8 +140,8 @@ def _autocast(args: argparse.Namespace, device: torch.device) -> Any:
 def run_mir(args: argparse.Namespace, model: torch.nn.Module, info: dict[str, Any], device: torch.device
             ) -> dict[str, float]:
     from lavila.data.ek100 import EK100MIRDataset
+    from lavila.data.relevancy import resolve_relevancy
     from lavila.evaluation import zeroshot
-    from lavila.evaluation.relevancy import resolve_relevancy
 
     if not args.mir_root:
         raise EvalError("--mir-metadata needs --mir-root (the EK100 video folder)")

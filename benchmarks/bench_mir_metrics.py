@@ -1,6 +1,6 @@
 """EK100 MIR metrics benchmark (issue 9, target 2): mAP + nDCG, both directions, full 9,668 x 3,842 problem.
 
-Inputs: the real EK100 test annotations (relevancy rebuilt from the CSVs with ``lavila.evaluation.relevancy``) and a
+Inputs: the real EK100 test annotations (relevancy rebuilt from the CSVs with ``lavila.data.relevancy``) and a
 seeded random float32 similarity matrix. Measured in the same run:
 
 * baseline — the official vectorised NumPy algorithm (EPIC-KITCHENS / LaViLa), re-implemented here from the
@@ -119,7 +119,7 @@ def max_difference(ours: dict[str, np.ndarray], ref: dict[str, tuple[np.ndarray,
 def load_problem(annotations: Path, seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
     import pandas as pd
 
-    from lavila.evaluation.relevancy import build_relevancy
+    from lavila.data.relevancy import build_relevancy
 
     ret = annotations / "retrieval_annotations"
     clips, sentences = ret / "EPIC_100_retrieval_test.csv", ret / "EPIC_100_retrieval_test_sentence.csv"

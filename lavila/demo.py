@@ -167,7 +167,7 @@ def search_stage(checkpoint: Path, data_dir: Path, out_root: Path, report: Path,
 
     from lavila import demo_report as dr
     from lavila.data.ek100 import timestamp_to_seconds
-    from lavila.evaluation.relevancy import sentence_columns
+    from lavila.data.relevancy import sentence_columns
     from lavila.search import overlaps
 
     manifest = json.loads((data_dir / "manifest.json").read_text())
@@ -207,8 +207,7 @@ def mir_tables(data_dir: Path) -> tuple[Any, Any, Any]:
     """(clips, sentences, relevancy) of the demo MIR test set, in the row / column order of the similarity."""
     import pandas as pd
 
-    from lavila.data.ek100 import default_relevancy_path, default_sentence_path
-    from lavila.evaluation.relevancy import load_relevancy
+    from lavila.data.relevancy import default_relevancy_path, default_sentence_path, load_relevancy
 
     manifest = json.loads((data_dir / "manifest.json").read_text())
     csv = data_dir / manifest["ek100"]["mir_test"]

@@ -182,12 +182,12 @@ def test_eval_zeroshot_checks_before_the_model(data, split, pretrained, tmp_path
 
 def test_relevancy_absent_message_names_the_cli(data, split, caplog):
     from lavila.data.ek100 import EK100MIRDataset
-    from lavila.evaluation.relevancy import resolve_relevancy
+    from lavila.data.relevancy import resolve_relevancy
 
     ds = EK100MIRDataset(_root(data), split, is_training=False, num_frames=2, crop_size=32)
     with caplog.at_level(logging.WARNING, logger="lavila"):
         resolve_relevancy(ds.clips, ds.sentences, split)
-    assert "rebuilt in memory" in caplog.text and "python -m lavila.evaluation.relevancy --clips" in caplog.text
+    assert "rebuilt in memory" in caplog.text and "python -m lavila.data.relevancy --clips" in caplog.text
     assert checks  # module imported for the checks above
 
 

@@ -45,7 +45,7 @@ def test_mir_test_split_parses_with_sentences(ek100_annotations, tmp_path):
 
 
 def test_relevancy_rebuilt_from_real_csvs(ek100_annotations):
-    from lavila.evaluation.relevancy import build_relevancy
+    from lavila.data.relevancy import build_relevancy
 
     ret = ek100_annotations / "retrieval_annotations"
     clips = pd.read_csv(ret / "EPIC_100_retrieval_test.csv")

@@ -68,7 +68,7 @@ def _official_relevancy(clips: pd.DataFrame, sentences: pd.DataFrame) -> np.ndar
 
 
 def test_relevancy_pickle_is_the_official_definition(data):
-    from lavila.evaluation.relevancy import build_relevancy, load_relevancy
+    from lavila.data.relevancy import build_relevancy, load_relevancy
 
     ret = data / "ek100" / "epic-kitchens-100-annotations" / "retrieval_annotations"
     for split in ("train", "test"):

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lavila.evaluation.relevancy import (
+from lavila.data.relevancy import (
     build_relevancy,
     load_relevancy,
     main,
@@ -74,7 +74,7 @@ def test_save_load_roundtrip_and_shape_check(tmp_path, tiny):
     np.testing.assert_array_equal(load_relevancy(path, expected_shape=(3, 2)), rel)
     with pytest.raises(ValueError, match=r"shape \(3, 2\) but the annotations give \(4, 2\)"):
         load_relevancy(path, expected_shape=(4, 2))
-    with pytest.raises(FileNotFoundError, match="python -m lavila.evaluation.relevancy"):
+    with pytest.raises(FileNotFoundError, match="python -m lavila.data.relevancy"):
         load_relevancy(tmp_path / "missing.pkl")
 
 

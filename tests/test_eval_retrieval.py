@@ -155,7 +155,7 @@ def test_thread_count_does_not_change_results():
 
 @pytest.fixture(scope="module")
 def ek100_test_relevancy(ek100_annotations) -> np.ndarray:
-    from lavila.evaluation.relevancy import build_relevancy
+    from lavila.data.relevancy import build_relevancy
 
     ret = ek100_annotations / "retrieval_annotations"
     return build_relevancy(pd.read_csv(ret / "EPIC_100_retrieval_test.csv"),

@@ -15,9 +15,9 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from lavila.data.relevancy import build_relevancy, parse_class_list
 from lavila.data.tokenizer import tokenize
 from lavila.evaluation import zeroshot
-from lavila.evaluation.relevancy import build_relevancy, parse_class_list
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["embed_dim=32", "depth=1", "num_heads=2", "text_width=32", "text_layers=1", "text_heads=2", "img_size=32",

@@ -213,7 +213,7 @@ def check_sentence_csv(path: str | os.PathLike, flag: str = "--val-metadata") ->
 def check_mir(path: str | os.PathLike, root: str | os.PathLike | None, chunk_len: float, training: bool,
               flag: str, root_flag: str = "--root", sentences: str | os.PathLike | None = None) -> dict[str, int]:
     """An EK100 MIR split: its clip CSV, its sentence CSV and its videos (logged summary)."""
-    from lavila.data.ek100 import default_sentence_path
+    from lavila.data.relevancy import default_sentence_path
 
     report = check_ek100_csv(path, root, chunk_len, labels=training, flag=flag, root_flag=root_flag)
     report["sentences"] = check_sentence_csv(sentences or default_sentence_path(path), flag)

@@ -42,11 +42,11 @@ import torch
 from lavila.data.annotations import AnnotationError, parse_column, read_csv
 from lavila.data.clips import ClipDataset
 from lavila.data.metadata import TextTable, factorize_strings
+from lavila.data.relevancy import default_sentence_path, resolve_relevancy, sentence_columns
 from lavila.data.tokenizer import tokenize
 
 __all__ = ["EK100_COLUMNS", "timestamp_to_seconds", "read_ek100_csv", "load_class_names", "ActionVocabulary",
-           "EK100Clips", "EK100MIRDataset", "EK100CLSDataset", "zeroshot_class_texts", "default_sentence_path",
-           "default_relevancy_path"]
+           "EK100Clips", "EK100MIRDataset", "EK100CLSDataset", "zeroshot_class_texts"]
 
 log = logging.getLogger(__name__)
 EK100_COLUMNS = ["narration_id", "participant_id", "video_id", "narration_timestamp", "start_timestamp",
@@ -133,16 +133,6 @@ class ActionVocabulary:
         return cls(json.loads(Path(path).read_text())["actions"])
 
 
-def default_sentence_path(csv_path: str | os.PathLike) -> Path:
-    p = Path(csv_path)
-    return p.with_name(p.stem + "_sentence.csv")
-
-
-def default_relevancy_path(csv_path: str | os.PathLike) -> Path:
-    p = Path(csv_path)
-    return p.parent / "relevancy" / f"caption_relevancy_{p.stem}.pkl"
-
-
 class EK100Clips:
     """The clips of an EK100 CSV as flat arrays: ``video_id(i)``, ``start[i]``, ``stop[i]``, ``narration(i)``."""
 
@@ -212,8 +202,6 @@ class EK100MIRDataset(_CSVFrames, ClipDataset):
         return self._sentences_df
 
     def _build_positives(self, relevancy_path: str | os.PathLike | None, threshold: float) -> None:
-        from lavila.evaluation.relevancy import resolve_relevancy
-
         relevancy = resolve_relevancy(self.clips, self.sentences, self.metadata, relevancy_path)
         # Compact (CSR) table of positives: a clip keeps only captions with relevancy > threshold.
         indptr, cols, vals = [0], [], []
@@ -241,8 +229,6 @@ class EK100MIRDataset(_CSVFrames, ClipDataset):
     def sentence_clip_rows(self) -> np.ndarray:
         """For every sentence, the clip row whose narration_id is the sentence id (the column reduction of the
         zero-shot similarity matrix to N_clips x N_sentences)."""
-        from lavila.evaluation.relevancy import sentence_columns
-
         return sentence_columns(self.clips["narration_id"], self.sentences["narration_id"])
 
     def __getitem__(self, index: int):

@@ -403,7 +403,7 @@ def generate(out: str | os.PathLike, seed: int = 0, ego4d_videos: int = 6, ek100
         raise ValueError(f"num_verbs must be in 1..{len(VERBS)} and num_nouns in 1..{len(NOUNS)}")
     if num_verbs * num_nouns < 5 and egoschema_questions:
         raise ValueError("EgoSchema needs at least 5 distinct verb x noun pairs for its 5 options")
-    from lavila.evaluation.relevancy import build_relevancy, save_relevancy
+    from lavila.data.relevancy import build_relevancy, save_relevancy
 
     _check_class_ids()
     out = Path(out)

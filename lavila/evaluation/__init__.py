@@ -1,1 +1,2 @@
-"""Evaluation: EK100 MIR metrics and relevancy, classification metrics, EgoSchema scoring, zero-shot loops."""
+"""Evaluation: EK100 MIR metrics (the relevancy matrix itself comes from lavila.data.relevancy), classification metrics,
+EgoSchema scoring, zero-shot loops."""

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lavila.evaluation.relevancy import sentence_columns
+from lavila.data.relevancy import sentence_columns
 from lavila.utils import distributed as du
 
 __all__ = ["ShardedBatchSampler", "sharded_loader", "gather_in_order", "collect",

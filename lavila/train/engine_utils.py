@@ -253,7 +253,7 @@ def init_pretrained(model: nn.Module, args: argparse.Namespace) -> Any:
 
 def mir_relevancy(dataset: Any, relevancy_path: str | None) -> np.ndarray:
     """The evaluation relevancy (clips x sentences) of an ``EK100MIRDataset``."""
-    from lavila.evaluation.relevancy import resolve_relevancy
+    from lavila.data.relevancy import resolve_relevancy
 
     return resolve_relevancy(dataset.clips, dataset.sentences, dataset.metadata, relevancy_path)
 

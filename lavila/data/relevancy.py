@@ -8,13 +8,15 @@ classes are those of the clip whose ``narration_id`` is the caption's id (the se
 
 CLI::
 
-    python -m lavila.evaluation.relevancy --clips EPIC_100_retrieval_test.csv \\
+    python -m lavila.data.relevancy --clips EPIC_100_retrieval_test.csv \\
         --sentences EPIC_100_retrieval_test_sentence.csv --out caption_relevancy_EPIC_100_retrieval_test.pkl
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import logging
+import os
 import pickle
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -23,7 +25,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["build_relevancy", "load_relevancy", "resolve_relevancy", "parse_class_list", "main"]
+__all__ = ["build_relevancy", "load_relevancy", "resolve_relevancy", "save_relevancy", "sentence_columns",
+           "parse_class_list", "default_sentence_path", "default_relevancy_path", "main"]
+
+
+def default_sentence_path(csv_path: str | os.PathLike) -> Path:
+    """The ``<stem>_sentence.csv`` beside an EK100 MIR clip CSV."""
+    p = Path(csv_path)
+    return p.with_name(p.stem + "_sentence.csv")
+
+
+def default_relevancy_path(csv_path: str | os.PathLike) -> Path:
+    """The official relevancy pickle's place: ``<csv dir>/relevancy/caption_relevancy_<stem>.pkl``."""
+    p = Path(csv_path)
+    return p.parent / "relevancy" / f"caption_relevancy_{p.stem}.pkl"
 
 
 def parse_class_list(value: object) -> list[int]:
@@ -115,7 +130,7 @@ def load_relevancy(path: str | Path, expected_shape: tuple[int, int] | None = No
     if not path.is_file():
         raise FileNotFoundError(
             f"relevancy file {path} not found; rebuild it from the annotation CSVs with "
-            f"`python -m lavila.evaluation.relevancy --clips CLIPS.csv --sentences SENTENCES.csv --out {path}`")
+            f"`python -m lavila.data.relevancy --clips CLIPS.csv --sentences SENTENCES.csv --out {path}`")
     from lavila.utils.checkpoint import safe_pickle_load
 
     obj = safe_pickle_load(path)
@@ -129,7 +144,7 @@ def load_relevancy(path: str | Path, expected_shape: tuple[int, int] | None = No
         raise ValueError(
             f"relevancy in {path} has shape {tuple(relevancy.shape)} but the annotations give "
             f"{tuple(expected_shape)} (clips x sentences); it belongs to another split or CSV — rebuild it with "
-            f"`python -m lavila.evaluation.relevancy`")
+            f"`python -m lavila.data.relevancy`")
     return relevancy
 
 
@@ -151,8 +166,6 @@ def resolve_relevancy(clips_df: pd.DataFrame, sentences_df: pd.DataFrame, metada
     """The (clips x sentences) relevancy of an MIR split: ``relevancy_path`` when given (it must exist), else the
     official pickle's default place beside ``metadata`` (``relevancy/caption_relevancy_<stem>.pkl``), else rebuilt
     from the CSVs (logged)."""
-    from lavila.data.ek100 import default_relevancy_path
-
     expected = (len(clips_df), len(sentences_df))
     path = Path(relevancy_path) if relevancy_path else default_relevancy_path(metadata)
     if path.is_file():
@@ -160,13 +173,9 @@ def resolve_relevancy(clips_df: pd.DataFrame, sentences_df: pd.DataFrame, metada
     if relevancy_path:
         raise FileNotFoundError(f"relevancy file {path} not found (--relevancy-path); drop the flag to rebuild it "
                                 "from the annotation CSVs")
-    import logging
-
-    from lavila.data.ek100 import default_sentence_path
-
     logging.getLogger("lavila").warning(
         "relevancy %s not found: the matrix is rebuilt in memory from %s and its sentence CSV (not saved); save it "
-        "once with: python -m lavila.evaluation.relevancy --clips %s --sentences %s --out %s", path, metadata,
+        "once with: python -m lavila.data.relevancy --clips %s --sentences %s --out %s", path, metadata,
         metadata, default_sentence_path(metadata), path)
     return build_relevancy(clips_df, sentences_df)
 
