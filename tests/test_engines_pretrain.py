@@ -11,7 +11,8 @@ import torch
 import yaml
 from engine_helpers import paths, pretrain_args, state_dicts_equal, synthetic_root
 
-from lavila.train.loop import CHECKPOINT, PreemptionFlag, run
+from lavila.train.loop import CHECKPOINT, run
+from lavila.train.preemption import PreemptionFlag
 from lavila.train.pretrain import PretrainEngine
 from lavila.utils.checkpoint import load_checkpoint
 from lavila.utils.logging import read_metrics

@@ -13,7 +13,8 @@ from engine_helpers import TINY_MODEL, pretrain_args, synthetic_root
 
 from lavila.models import create_model
 from lavila.train import loop
-from lavila.train.loop import CHECKPOINT, load_model_weights
+from lavila.train.checkpointing import load_model_weights
+from lavila.train.loop import CHECKPOINT
 from lavila.train.pretrain import PretrainEngine
 from lavila.utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from lavila.train.loop import CHECKPOINT, Engine, NonFiniteLossError, PreemptionFlag, run
+from lavila.train.loop import CHECKPOINT, Engine, NonFiniteLossError, run
+from lavila.train.preemption import PreemptionFlag
 from lavila.train.sampler import ResumableDistributedSampler
 from lavila.utils.checkpoint import load_checkpoint
 

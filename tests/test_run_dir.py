@@ -12,7 +12,8 @@ import time
 import pytest
 from test_train_loop import _argv, _ToyEngine
 
-from lavila.train.loop import CHECKPOINT, PreemptionFlag, TrainingError, build_parser, main, run
+from lavila.train.loop import CHECKPOINT, TrainingError, build_parser, main, run
+from lavila.train.preemption import PreemptionFlag
 from lavila.utils.checkpoint import load_checkpoint
 from lavila.utils.logging import MetricLogger, progress, read_metrics
 

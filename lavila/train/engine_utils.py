@@ -133,7 +133,7 @@ def _effective_drop_path(name: str, overrides: dict[str, Any], args: argparse.Na
 
 
 def load_weights(model: nn.Module, ckpt: dict[str, Any]) -> None:
-    from lavila.train.loop import load_model_weights
+    from lavila.train.checkpointing import load_model_weights
 
     try:
         load_model_weights(model, ckpt)

@@ -32,6 +32,8 @@ Re-running the same command resumes from that step. Requeue the job with ``scont
 ``#SBATCH --requeue``.
 
 A non-finite loss raises ``NonFiniteLossError`` naming the epoch and step; the last good checkpoint stays in place.
+
+What a checkpoint holds and how it is written / restored: ``checkpointing.py``; the signal flag: ``preemption.py``.
 """
 from __future__ import annotations
 
@@ -39,7 +41,6 @@ import argparse
 import contextlib
 import math
 import random
-import signal
 import sys
 import time
 from pathlib import Path
@@ -51,9 +52,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from lavila.config import ArgumentParser, config_yaml, parse_args, resolved_config, save_resolved_config
+from lavila.train.checkpointing import (
+    CHECKPOINT,
+    TrainState,
+    load_model_weights,
+    restore_training_state,
+    save_training_checkpoint,
+    unwrap_model,
+)
 from lavila.train.errors import NonFiniteLossError, TrainingError, describe_error, known_errors, last_line
 from lavila.train.flags import REFERENCE_DATA_PATHS, REFERENCE_DEFAULTS, no_effect_notes, parse_overrides
 from lavila.train.optim import build_optimizer
+from lavila.train.preemption import PreemptionFlag, ignore_sigint
 from lavila.train.run_dir import add_log_file, check_resumable, default_output_dir, remove_log_file
 from lavila.train.run_spec import (
     adopt_checkpoint_spec,
@@ -66,16 +76,9 @@ from lavila.train.sampler import PerSampleSeededDataset, ResumableDistributedSam
 from lavila.train.schedule import cosine_scheduler, set_lr
 from lavila.train.startup import check_reference_paths, flag_problems, model_tower
 from lavila.utils import distributed as du
-from lavila.utils.checkpoint import (
-    load_checkpoint,
-    load_state_dict_strict,
-    save_checkpoint,
-    unwrap_state_dict,
-)
+from lavila.utils.checkpoint import load_checkpoint
 from lavila.utils.logging import MetricLogger, get_logger, progress
 
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_BEST = "checkpoint_best.pt"
 LOGIT_SCALE_MAX = math.log(100.0)
 
 
@@ -125,37 +128,10 @@ class Engine:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                       "has_gauss": int(np_state[3]), "gauss": float(np_state[4])}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_tuplify(state["python"]))
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tuplify(obj: Any) -> Any:
-    return tuple(_tuplify(o) for o in obj) if isinstance(obj, (list, tuple)) else obj
 
 
 def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -167,44 +143,6 @@ def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
             out[key] = getattr(args, key)
     out.update(parse_overrides(args.model_overrides))
     return out
-
-
-class PreemptionFlag:
-    """Records SIGTERM / SIGUSR1 / SIGINT (Ctrl-C) so the loop can checkpoint at the next step boundary; a second
-    Ctrl-C aborts at once (KeyboardInterrupt, no checkpoint)."""
-
-    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT:
-            if self.signal == signal.SIGINT:
-                raise KeyboardInterrupt("second Ctrl-C: aborted without saving")
-            print("Ctrl-C: saving a checkpoint at the next step, then stopping (Ctrl-C again aborts at once)",
-                  file=sys.stderr, flush=True)
-        self.signal = signum
-
-    def install(self) -> None:
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for name in self.SIGNALS:
-            sig = getattr(signal, name, None)
-            if sig is not None:
-                self._previous[sig] = signal.signal(sig, self._handler)
-
-    def uninstall(self) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-        self._previous.clear()
-
-    def request(self, signum: int = signal.SIGTERM) -> None:
-        """Ask the loop to stop at the next step boundary (what the signal handler does)."""
-        self.signal = signum
 
 
 def _agree(flags: Sequence[float], device: torch.device) -> list[float]:
@@ -234,102 +172,7 @@ def parse_engine_args(engine: Engine, argv: Sequence[str] | None = None) -> argp
     return parse_args(build_parser(engine), list(argv) if argv is not None else None)
 
 
-# ------------------------------------------------------------------------------------------------ checkpoints
-
-
-def load_model_weights(model: nn.Module, ckpt: dict[str, Any]) -> None:
-    """Strict load of a checkpoint's weights into a bare model (released format handled by the converter)."""
-    state_dict = unwrap_state_dict(ckpt)
-    try:
-        from lavila.models.convert import load_released_state_dict
-    except ImportError:
-        load_state_dict_strict(model, state_dict)
-        return
-    load_released_state_dict(model, state_dict)
-
-
-class TrainState:
-    def __init__(self) -> None:
-        self.epoch = 0
-        self.step_in_epoch = 0
-        self.global_step = 0
-        self.best = -math.inf
-        self.skipped = 0
-
-
-def _checkpoint_dict(engine: Engine, args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     scaler: torch.amp.GradScaler, state: TrainState, rng: list[Any]) -> dict[str, Any]:
-    bare = unwrap_model(model)
-    return {
-        "engine": engine.name,
-        "epoch": state.epoch,
-        "step_in_epoch": state.step_in_epoch,
-        "global_step": state.global_step,
-        "state_dict": bare.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "best_acc1": state.best if math.isfinite(state.best) else None,
-        "metric": engine.metric,
-        "args": resolved_config(args),
-        "model_name": getattr(bare, "config", {}).get("name", args.model),
-        "model_config": dict(getattr(bare, "config", {})),
-        "rng": rng,
-        "world_size": du.get_world_size(),
-        "skipped_samples": state.skipped,
-        **engine.checkpoint_extra(args),
-    }
-
-
-def save_training_checkpoint(engine: Engine, args: argparse.Namespace, model: nn.Module,
-                             optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, state: TrainState,
-                             best: bool = False) -> Path | None:
-    """Collective (every rank gives its RNG state); rank 0 writes checkpoint.pt (and checkpoint_best.pt)."""
-    rng = du.all_gather_object(rng_state())
-    if hasattr(optimizer, "consolidate_state_dict"):  # --use-zero: gather every shard's state on rank 0
-        optimizer.consolidate_state_dict(0)
-    if not du.is_main_process():
-        du.barrier()
-        return None
-    obj = _checkpoint_dict(engine, args, model, optimizer, scaler, state, rng)
-    out = Path(args.output_dir)
-    path = save_checkpoint(obj, out / CHECKPOINT)
-    if best:
-        save_checkpoint(obj, out / CHECKPOINT_BEST)
-    du.barrier()
-    return path
-
-
-def restore_training_state(ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-                           scaler: torch.amp.GradScaler, state: TrainState, full: bool, log: Any) -> None:
-    load_model_weights(unwrap_model(model), ckpt)
-    if not full:
-        return
-    if "optimizer" in ckpt:
-        try:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError) as exc:
-            log.warning(f"optimizer state in the checkpoint does not fit this optimizer ({exc}); starting it fresh")
-    if ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
-    state.epoch = int(ckpt.get("epoch", 0))
-    state.step_in_epoch = int(ckpt.get("step_in_epoch", 0))
-    state.global_step = int(ckpt.get("global_step", 0))
-    best = ckpt.get("best_acc1")
-    state.best = float(best) if best is not None else -math.inf
-    state.skipped = int(ckpt.get("skipped_samples", 0))
-    rng = ckpt.get("rng")
-    if isinstance(rng, list) and len(rng) == du.get_world_size():
-        set_rng_state(rng[du.get_rank()])
-    elif rng is not None:
-        log.warning("checkpoint RNG states are from a different world size; random streams restart")
-
-
 # ------------------------------------------------------------------------------------------------ the run
-
-
-def _ignore_sigint(worker_id: int) -> None:
-    """Ctrl-C reaches the loader workers too (one process group): the main process decides when to stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def build_loader(dataset: Dataset, args: argparse.Namespace, info: du.DistInfo, training: bool) -> DataLoader:
@@ -350,7 +193,7 @@ def build_loader(dataset: Dataset, args: argparse.Namespace, info: du.DistInfo, 
         generator = torch.Generator().manual_seed(args.seed + info.rank)  # worker seeds; leaves the global RNG alone
         loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                             collate_fn=SkipCollate(tracker, args.skip_policy), drop_last=True, pin_memory=pin_memory,
-                            generator=generator, worker_init_fn=_ignore_sigint if args.workers > 0 else None)
+                            generator=generator, worker_init_fn=ignore_sigint if args.workers > 0 else None)
     else:
         from lavila.evaluation.zeroshot import sharded_loader
 
