@@ -66,3 +66,20 @@ def lavila_log_to_caplog(monkeypatch):
     from lavila.utils.logging import get_logger
 
     monkeypatch.setattr(get_logger("lavila"), "propagate", True)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models: one intra-op thread (two threads on a loaded 2-core machine spin ~100x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trainable_temperature(tmp_path_factory):
+    """A tiny checkpoint pretrained with a trainable temperature (the demo's ``--no-freeze-temperature``)."""
+    from engine_helpers import tiny_pretrained_checkpoint
+
+    return tiny_pretrained_checkpoint(tmp_path_factory, freeze_temperature=False)

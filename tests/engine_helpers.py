@@ -1,7 +1,10 @@
 """Shared by tests/test_engines_*.py: a small generated dataset (once per session) and tiny-model flags."""
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -56,3 +59,20 @@ def pretrain_args(root: Path, out: Path, *extra: str) -> list[str]:
 
 def state_dicts_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@contextlib.contextmanager
+def dist_env_restored() -> Iterator[None]:
+    """Put the torchrun variables back as they were (forked test workers set them in this process's environment)."""
+    saved = {k: os.environ.get(k) for k in DIST_ENV}
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -7,6 +7,7 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+from engine_helpers import dist_env_restored
 
 from lavila.utils import distributed as du
 
@@ -73,16 +74,9 @@ def _worker(rank: int, world: int, port: int) -> None:
 
 
 def test_two_process_gloo_gather_matches_single_process():
-    saved = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     # fork avoids re-importing torch in each child (spawn costs ~10 s on a busy 2-core machine)
-    try:
+    with dist_env_restored():
         mp.start_processes(_worker, args=(2, _free_port()), nprocs=2, join=True, start_method="fork")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def test_single_process_without_env(monkeypatch):

@@ -12,7 +12,7 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-from engine_helpers import TINY_MODEL, paths, synthetic_root, tiny_pretrained_checkpoint
+from engine_helpers import TINY_MODEL, dist_env_restored, paths, synthetic_root
 
 from lavila.train.finetune_classification import ClassificationEngine
 from lavila.train.finetune_retrieval import RetrievalEngine
@@ -21,17 +21,11 @@ from lavila.utils.checkpoint import load_checkpoint
 from lavila.utils.logging import read_metrics
 
 ENGINES = {"mir": RetrievalEngine, "cls": ClassificationEngine}
-_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return synthetic_root(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def trainable_temperature(tmp_path_factory):
-    return tiny_pretrained_checkpoint(tmp_path_factory, freeze_temperature=False)
 
 
 def _free_port() -> int:
@@ -53,15 +47,8 @@ def _worker(rank: int, world: int, port: int, engine: str, argv: list[str]) -> N
 
 
 def _two_processes(engine: str, argv: list[str]) -> None:
-    saved = {k: os.environ.get(k) for k in _ENV}
-    try:
+    with dist_env_restored():
         mp.start_processes(_worker, args=(2, _free_port(), engine, argv), nprocs=2, join=True, start_method="fork")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _argv(data, out, ckpt, train_key, val_key, batch, *extra):

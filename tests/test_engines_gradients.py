@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_helpers import TINY_MODEL, paths, synthetic_root, tiny_pretrained_checkpoint
+from engine_helpers import TINY_MODEL, paths, synthetic_root
 
 from lavila.train.finetune_classification import ClassificationEngine
 from lavila.train.finetune_retrieval import RetrievalEngine
@@ -20,12 +20,6 @@ from lavila.utils import distributed as du
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return synthetic_root(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def trainable_temperature(tmp_path_factory):
-    """A checkpoint pretrained with a trainable temperature (the demo's ``--no-freeze-temperature``)."""
-    return tiny_pretrained_checkpoint(tmp_path_factory, freeze_temperature=False)
 
 
 def unused_parameters(engine, argv: list[str]) -> list[str]:

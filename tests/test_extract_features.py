@@ -34,13 +34,7 @@ def _frames(n: int, seed: int, h: int = 48, w: int = 64) -> list[np.ndarray]:
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread (two threads on a loaded 2-core machine spin ~100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> Path:
