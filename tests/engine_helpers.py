@@ -76,3 +76,18 @@ def dist_env_restored() -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+
+def tiny_open_clip(seed: int, vision_width: int = 32, context_length: int = 77, vocab_size: int = 49408):
+    """A random tiny open_clip CLIP (1 layer per tower, text width 32, 32 px, patch 16): the weights a
+    ``--pretrain-zoo openai`` / ``open_clip`` file would hold, at test size."""
+    import open_clip
+
+    torch.manual_seed(seed)
+    return open_clip.model.CLIP(
+        embed_dim=16,
+        vision_cfg=open_clip.model.CLIPVisionCfg(layers=1, width=vision_width, head_width=vision_width // 2,
+                                                 patch_size=16, image_size=32),
+        text_cfg=open_clip.model.CLIPTextCfg(context_length=context_length, vocab_size=vocab_size, width=32, heads=2,
+                                             layers=1))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_helpers import pretrain_args, synthetic_root, tiny_pretrained_checkpoint
+from engine_helpers import pretrain_args, synthetic_root, tiny_open_clip, tiny_pretrained_checkpoint
 
 from lavila.train.loop import CHECKPOINT, run
 from lavila.train.pretrain import PretrainEngine
@@ -27,11 +27,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def clip_file(tmp_path_factory):
     """A random open_clip CLIP with the sizes of engine_helpers.TINY_MODEL (width 32, 1 layer, 2 heads, 32 px)."""
-    torch.manual_seed(1)
-    clip = open_clip.model.CLIP(
-        embed_dim=16,
-        vision_cfg=open_clip.model.CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=16, image_size=32),
-        text_cfg=open_clip.model.CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
+    clip = tiny_open_clip(seed=1)
     path = tmp_path_factory.mktemp("clip") / "clip_vitb16.pt"
     torch.save(clip.state_dict(), path)
     return path, clip.state_dict()
@@ -77,10 +73,7 @@ def test_clip_zoo_from_a_weights_file(data, tmp_path, clip_file, zoo):
 @pytest.mark.slow
 def test_clip_zoo_without_a_path_uses_open_clips_download(data, tmp_path, clip_file, monkeypatch):
     calls = []
-    tiny = open_clip.model.CLIP(
-        embed_dim=16,
-        vision_cfg=open_clip.model.CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=16, image_size=32),
-        text_cfg=open_clip.model.CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
+    tiny = tiny_open_clip(seed=0)
     tiny.load_state_dict(clip_file[1])
 
     def fake_download(name, pretrained=None, **kw):

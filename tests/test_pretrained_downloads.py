@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_helpers import tiny_open_clip
 
 from lavila import zoo
 from lavila.models import create_model
@@ -26,11 +27,7 @@ TEXT = dict(text_width=32, text_layers=1, text_heads=2, vocab_size=100, context_
 
 @pytest.fixture(scope="module")
 def clip_file(tmp_path_factory) -> tuple[Path, dict]:
-    torch.manual_seed(0)
-    clip = open_clip.model.CLIP(
-        embed_dim=16,
-        vision_cfg=open_clip.model.CLIPVisionCfg(layers=1, width=64, head_width=32, patch_size=16, image_size=32),
-        text_cfg=open_clip.model.CLIPTextCfg(context_length=16, vocab_size=100, width=32, heads=2, layers=1))
+    clip = tiny_open_clip(seed=0, vision_width=64, context_length=16, vocab_size=100)
     path = tmp_path_factory.mktemp("clip") / "clip.pt"
     torch.save(clip.state_dict(), path)
     return path, clip.state_dict()
@@ -225,10 +222,7 @@ def test_vivim_zoo_recipe_trains_from_the_downloaded_initialisation(tmp_path_fac
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hf_download)
     hub.mkdir(parents=True)
-    clip = open_clip.model.CLIP(  # the real vocabulary: the tokenizer's ids reach 49407
-        embed_dim=16,
-        vision_cfg=open_clip.model.CLIPVisionCfg(layers=1, width=64, head_width=32, patch_size=16, image_size=32),
-        text_cfg=open_clip.model.CLIPTextCfg(context_length=16, vocab_size=49408, width=32, heads=2, layers=1))
+    clip = tiny_open_clip(seed=0, vision_width=64, context_length=16)  # the real vocabulary: ids reach 49407
     torch.save(clip.state_dict(), hub / "ViT-B-16.pt")
     p = paths(synthetic_root(tmp_path_factory))
     repo = Path(__file__).resolve().parents[1]
