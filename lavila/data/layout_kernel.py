@@ -15,7 +15,8 @@ Measured on this project's 2-core CPU machine, one thread: an 8-frame 224-px cli
 Each float is ``(float)x * scale + shift`` with two IEEE roundings and no FMA contraction (``-ffp-contract=off``):
 bit-identical to PyTorch's ``x.float().mul_(scale).add_(shift)``. Both functions return None when the kernel
 cannot be built (no C compiler) or the input does not fit (wrong dtype, device or strides); the callers then use
-their NumPy / PyTorch path. Built with :mod:`lavila.utils.ckernel`.
+their NumPy / PyTorch path. The C code is ``layout_kernel.c`` beside this module, built with
+:mod:`lavila.utils.ckernel`.
 """
 from __future__ import annotations
 
@@ -23,58 +24,9 @@ import ctypes
 
 import torch
 
-from lavila.utils.ckernel import CompiledKernel, thread_pool
+from lavila.utils.ckernel import CompiledKernel, SourceFile, thread_pool
 
 __all__ = ["load_kernel", "planar_clip", "normalize_planes"]
-
-_SOURCE = r"""
-#include <stdint.h>
-
-/* src: frames x rows x cols pixels of 3 interleaved bytes, at byte strides (frame_stride, row_stride, 3).
-   dst: planar (3, frames, rows, cols), contiguous. */
-void planar_f32(const uint8_t *src, float *dst, int64_t frames, int64_t rows, int64_t cols,
-                int64_t frame_stride, int64_t row_stride, const float *scale, const float *shift) {
-    const int64_t plane = rows * cols, channel = frames * plane;
-    const float a0 = scale[0], a1 = scale[1], a2 = scale[2], b0 = shift[0], b1 = shift[1], b2 = shift[2];
-    for (int64_t t = 0; t < frames; ++t)
-        for (int64_t y = 0; y < rows; ++y) {
-            const uint8_t *s = src + t * frame_stride + y * row_stride;
-            float *d0 = dst + t * plane + y * cols, *d1 = d0 + channel, *d2 = d1 + channel;
-            for (int64_t x = 0; x < cols; ++x) {
-                d0[x] = (float)s[3 * x] * a0 + b0;
-                d1[x] = (float)s[3 * x + 1] * a1 + b1;
-                d2[x] = (float)s[3 * x + 2] * a2 + b2;
-            }
-        }
-}
-
-void planar_u8(const uint8_t *src, uint8_t *dst, int64_t frames, int64_t rows, int64_t cols,
-               int64_t frame_stride, int64_t row_stride) {
-    const int64_t plane = rows * cols, channel = frames * plane;
-    for (int64_t t = 0; t < frames; ++t)
-        for (int64_t y = 0; y < rows; ++y) {
-            const uint8_t *s = src + t * frame_stride + y * row_stride;
-            uint8_t *d0 = dst + t * plane + y * cols, *d1 = d0 + channel, *d2 = d1 + channel;
-            for (int64_t x = 0; x < cols; ++x) {
-                d0[x] = s[3 * x];
-                d1[x] = s[3 * x + 1];
-                d2[x] = s[3 * x + 2];
-            }
-        }
-}
-
-/* planes [first, last) of `length` contiguous bytes each; plane p is channel p % 3. */
-void normalize_planes(const uint8_t *src, float *dst, int64_t first, int64_t last, int64_t length,
-                      const float *scale, const float *shift) {
-    for (int64_t p = first; p < last; ++p) {
-        const float a = scale[p % 3], b = shift[p % 3];
-        const uint8_t *s = src + p * length;
-        float *d = dst + p * length;
-        for (int64_t i = 0; i < length; ++i)
-            d[i] = (float)s[i] * a + b;
-    }
-}
-"""
 
 # No fast-math and no FMA contraction: each value is rounded exactly as PyTorch's separate mul_ and add_ round it.
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared", "-std=c99"]
@@ -89,7 +41,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         fn.restype = None
 
 
-_kernel = CompiledKernel("clip_layout", lambda: _SOURCE, _FLAGS, _declare, "the NumPy / PyTorch layout path")
+_kernel = CompiledKernel("clip_layout", SourceFile(__package__, "layout_kernel.c"), _FLAGS, _declare,
+                         "the NumPy / PyTorch layout path")
 _PARALLEL_MIN = 1 << 20  # elements: below this, one thread (thread hand-off costs more than it saves)
 
 

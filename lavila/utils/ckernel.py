@@ -1,12 +1,16 @@
 """Small C kernels compiled on first use: build with the system C compiler, cache, load with ctypes.
 
-A kernel is C source held in a Python string (no build step at install time, nothing to ship but ``.py`` files).
-:class:`CompiledKernel` compiles it once per process into a shared library cached under ``$LAVILA_KERNEL_CACHE``
+A kernel is a ``.c`` file next to its Python module, shipped as package data (``pyproject.toml``) and read by
+:class:`SourceFile` through ``importlib.resources``, so an installed wheel works too; there is no build step at install
+time. :class:`CompiledKernel` compiles it once per process into a shared library cached under ``$LAVILA_KERNEL_CACHE``
 (default ``~/.cache/lavila/kernels``; the temp folder when that is not writable), keyed by a hash of the source,
-the flags, the compiler and the CPU (``-march=native`` builds must not move between machines). ``load()`` returns
-the ``ctypes.CDLL`` or, when there is no compiler or the build fails, None (the caller then uses its pure
-Python / NumPy / PyTorch path; ``error()`` says why). ctypes releases the GIL during a call, so Python threads from
-:func:`thread_pool` run kernel calls in parallel.
+the flags, the compiler and the CPU (``-march=native`` builds must not move between machines). The file is compiled
+under its own name in a folder of its own, with that folder as the working directory, so compiler messages name it
+and a file may include itself (``#include __FILE__``: one body compiled per element type). ``load()`` returns
+the ``ctypes.CDLL`` or, when there is no compiler, the ``.c`` file cannot be read (:class:`KernelSourceError`, naming
+the file) or the build fails, None (the caller then uses its pure Python / NumPy / PyTorch path, with one logged
+warning; ``error()`` says why). ctypes releases the GIL during a call, so Python threads from :func:`thread_pool`
+run kernel calls in parallel.
 
 Never build with ``-ffast-math``: GCC (< 13) then links ``crtfastmath.o`` into the shared library, whose constructor
 switches the whole process to flush-denormals-to-zero the moment the library is loaded.
@@ -24,9 +28,11 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
 from pathlib import Path
 
-__all__ = ["CACHE_ENV", "KERNELS", "CompiledKernel", "build_library", "find_compiler", "thread_pool"]
+__all__ = ["CACHE_ENV", "KERNELS", "CompiledKernel", "KernelSourceError", "SourceFile", "build_library",
+           "find_compiler", "thread_pool"]
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +66,40 @@ def _cache_dir() -> Path:
     return cache
 
 
-def build_library(name: str, source: str, flags: Sequence[str], libs: Sequence[str] = ("-lm",)) -> ctypes.CDLL:
+class KernelSourceError(OSError):
+    """A kernel's ``.c`` file cannot be read (missing from the installed package, unreadable)."""
+
+
+class SourceFile:
+    """The C source of a kernel: the file ``filename`` of the package ``package`` (package data, read with
+    ``importlib.resources``). Calling it returns the text; :class:`KernelSourceError` names the file when it cannot."""
+
+    def __init__(self, package: str, filename: str) -> None:
+        self.package = package
+        self.filename = filename
+
+    @property
+    def path(self) -> str:
+        """The file inside the package tree, e.g. ``lavila/models/ssm_cpu.c``."""
+        return "/".join([*self.package.split("."), self.filename])
+
+    def __call__(self) -> str:
+        try:
+            return resources.files(self.package).joinpath(self.filename).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise KernelSourceError(f"cannot read the C source {self.path} ({type(exc).__name__}: {exc}); it is "
+                                    f"package data of lavila: reinstall the package") from exc
+
+    def __repr__(self) -> str:
+        return f"SourceFile({self.path!r})"
+
+
+def build_library(name: str, source: str, flags: Sequence[str], libs: Sequence[str] = ("-lm",),
+                  filename: str | None = None) -> ctypes.CDLL:
     """Compile ``source`` (C) into ``<cache>/<name>_<hash>.so`` unless it is there already, and load it.
 
-    The compiler is ``$CC``, else ``cc`` / ``gcc`` / ``clang`` on the PATH. Raises on any failure.
+    The source is written as ``filename`` (default ``<name>.c``) into a fresh folder, which is the compiler's working
+    directory. The compiler is ``$CC``, else ``cc`` / ``gcc`` / ``clang`` on the PATH. Raises on any failure.
     """
     compiler = find_compiler()
     if compiler is None:
@@ -74,10 +110,10 @@ def build_library(name: str, source: str, flags: Sequence[str], libs: Sequence[s
     lib_path = cache / f"{name}_{key}.so"
     if not lib_path.is_file():
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            src = Path(tmp) / f"{name}.c"
-            src.write_text(source)
+            src = Path(tmp) / (filename or f"{name}.c")
+            src.write_text(source, encoding="utf-8")
             tmp_lib = Path(tmp) / lib_path.name
-            proc = subprocess.run([compiler, *flags, str(src), "-o", str(tmp_lib), *libs],
+            proc = subprocess.run([compiler, *flags, src.name, "-o", tmp_lib.name, *libs], cwd=tmp,
                                   capture_output=True, text=True, timeout=120)
             if proc.returncode != 0:
                 raise RuntimeError(f"{compiler} failed: {proc.stderr.strip()[:2000]}")
@@ -88,9 +124,10 @@ def build_library(name: str, source: str, flags: Sequence[str], libs: Sequence[s
 class CompiledKernel:
     """One C library, built on the first :meth:`load` of the process (thread-safe), then reused.
 
-    ``source`` returns the C text; ``declare(lib)`` sets the functions' ``argtypes`` / ``restype``; ``fallback``
-    names what the caller uses instead (for the one warning logged when the build fails). ``state`` holds ``lib``
-    and ``error`` once tried (clearing it makes the next ``load`` try again).
+    ``source`` returns the C text (a :class:`SourceFile`; tests pass other callables); ``declare(lib)`` sets the
+    functions' ``argtypes`` / ``restype``; ``fallback`` names what the caller uses instead (for the one warning logged
+    when the source cannot be read or the build fails). ``state`` holds ``lib`` and ``error`` once tried (clearing it
+    makes the next ``load`` try again).
     """
 
     def __init__(self, name: str, source: Callable[[], str], flags: Sequence[str],
@@ -109,10 +146,11 @@ class CompiledKernel:
         with self._lock:
             if "lib" not in self.state:
                 try:
-                    lib = build_library(self.name, self.source(), self.flags)
+                    lib = build_library(self.name, self.source(), self.flags,
+                                        filename=getattr(self.source, "filename", None))
                     self.declare(lib)
                     self.state["lib"], self.state["error"] = lib, None
-                except Exception as exc:  # no compiler, failed build, unloadable library: the caller falls back
+                except Exception as exc:  # no compiler, unreadable .c, failed build, unloadable library: fall back
                     self.state["lib"], self.state["error"] = None, f"{type(exc).__name__}: {exc}"
                     log.warning("compiled kernel %s unavailable (%s); using %s", self.name, self.state["error"],
                                 self.fallback)
