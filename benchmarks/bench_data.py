@@ -44,7 +44,8 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lavila.data import video as video_mod  # noqa: E402
-from lavila.data.synthetic import make_timeline, write_chunked_video  # noqa: E402
+from lavila.data import video_readers  # noqa: E402
+from lavila.data.synthetic_video import make_timeline, write_chunked_video  # noqa: E402
 from lavila.data.transforms import random_resized_crop_params  # noqa: E402
 from lavila.data.video import get_frame_ids  # noqa: E402
 from lavila.train.engine_utils import video_to_device  # noqa: E402
@@ -232,8 +233,8 @@ def stages(quick: bool, num_frames: int = 8, crop: int = 224, repeats: int = 3, 
 
     timed(decord.VideoReader, "__init__", "open")  # both sides
     timed(decord.VideoReader, "get_batch", "decode")
-    timed(video_mod._PyAVReader, "__init__", "open")  # ours (auto: PyAV where it can seek)
-    timed(video_mod._PyAVReader, "get", "decode")
+    timed(video_readers.PyAVReader, "__init__", "open")  # ours (auto: PyAV where it can seek)
+    timed(video_readers.PyAVReader, "get", "decode")
     timed(transforms.VideoTransform, "__call__", "crop+resize+normalise")
     timed(transforms.VideoTransform, "apply_plan", "crop+resize+normalise")
     timed(ego4d, "tokenize", "tokenise")

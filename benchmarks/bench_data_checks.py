@@ -21,7 +21,7 @@ from common import format_table, make_row, median_seconds  # noqa: E402
 
 from lavila.data.checks import check_mir  # noqa: E402
 from lavila.data.ek100 import read_ek100_csv  # noqa: E402
-from lavila.data.synthetic import write_video  # noqa: E402
+from lavila.data.synthetic_video import write_video  # noqa: E402
 
 TARGET_S = 10.0
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import format_table, machine_info, make_row, median_seconds  # noqa: E402
 
 from lavila.data.clips import ClipDataset  # noqa: E402
-from lavila.data.synthetic import write_video  # noqa: E402
+from lavila.data.synthetic_video import write_video  # noqa: E402
 from lavila.data.transforms import VideoTransform  # noqa: E402
 from lavila.evaluation import zeroshot  # noqa: E402
 from lavila.evaluation.features import WindowEncoder, WindowSpec, extract_video  # noqa: E402

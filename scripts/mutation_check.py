@@ -75,7 +75,8 @@ MUTATIONS = (
              r"set_rng_state\(rng\[du\.get_rank\(\)\]\)", "pass", SKIP_TESTS),
     Mutation("save-freq-ignored", "checkpoint.pt saved every epoch whatever --save-freq", "lavila/train/loop.py",
              r"\(epoch \+ 1\) % args\.save_freq == 0", "True", SKIP_TESTS),
-    Mutation("non-finite-overwrites", "a non-finite loss overwrites the last good checkpoint", "lavila/train/loop.py",
+    Mutation("non-finite-overwrites", "a non-finite loss overwrites the last good checkpoint",
+             "lavila/train/train_epoch.py",
              r"raise NonFiniteLossError\(",
              'from lavila.utils.checkpoint import save_checkpoint\n                '
              'save_checkpoint({"diverged": True}, last)\n                raise NonFiniteLossError(', SKIP_TESTS),

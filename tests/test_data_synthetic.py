@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lavila.data.synthetic import NOUNS, VERBS, generate, main
+from lavila.data.synthetic import generate, main
+from lavila.data.synthetic_video import NOUNS, VERBS
 from lavila.data.video import load_clip
 
 SMALL = dict(ego4d_videos=2, ek100_train_videos=2, ek100_test_videos=2, egoschema_questions=3, video_sec=16.0,

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from lavila.data.synthetic import write_video
+from lavila.data.synthetic_video import write_video
 from lavila.data.transforms import NORMALIZATION, NormalizeVideo, VideoTransform, get_normalization
 from lavila.data.video import (
     VideoDecodeError,
-    decord_available,
     find_chunk_layout,
     get_frame_ids,
     load_clip,
     load_frames,
 )
+from lavila.data.video_readers import decord_available
 
 BACKENDS = ["pyav"] + (["decord"] if decord_available() else [])
 RED, BLUE, GREEN = (220, 20, 20), (20, 20, 220), (20, 200, 20)

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lavila.data.video import _FileSession, _PyAVReader, decord_available, open_video
+from lavila.data.video import _FileSession, open_video
+from lavila.data.video_readers import PyAVReader, decord_available
 
 ID_SETS = [[0], [0, 0, 1], [5, 11, 12, 13], [7, 30, 31, 47], [59], [40, 58, 59, 59], [3, 200], [12, 24, 36, 48]]
 
@@ -49,7 +50,7 @@ def encode(path: Path, n: int = 60, pts_ms: list[int] | None = None, gop: int = 
 
 
 def sequential(path: Path, ids: list[int]) -> np.ndarray:
-    reader = _PyAVReader(str(path), 1)
+    reader = PyAVReader(str(path), 1)
     reader._grid = None  # count frames from the start of the file
     return reader.get(ids)
 
@@ -66,7 +67,7 @@ def irregular(tmp_path_factory) -> Path:
 
 
 def test_seeking_gives_the_frames_of_sequential_decoding(regular):
-    reader = _PyAVReader(str(regular), 1)
+    reader = PyAVReader(str(regular), 1)
     assert reader.seekable and reader.num_frames == 60
     for ids in ID_SETS:  # repeated calls on one reader: seeks back and forth
         frames = reader.get(ids)
@@ -80,9 +81,9 @@ def test_seeking_gives_the_frames_of_sequential_decoding(regular):
 def test_sparse_frames_of_a_long_video_seek_past_whole_gops(tmp_path):
     path = encode(tmp_path / "long.mp4", n=240)
     ids = [10, 70, 130, 190, 239]
-    reader = _PyAVReader(str(path), 1)
+    reader = PyAVReader(str(path), 1)
     frames = reader.get(ids)
-    counting = _PyAVReader(str(path), 1)
+    counting = PyAVReader(str(path), 1)
     counting._grid = None
     assert np.array_equal(frames, counting.get(ids))
     assert counting.decoded_frames == 240
@@ -94,7 +95,7 @@ def test_key_frame_intervals_longer_than_first_seen_still_find_every_frame(tmp_p
     # can land behind the frame it left from; decoding then runs on to the target
     path = encode(tmp_path / "varying.mp4", n=120, gop=24, keys=(3, 6))
     for ids in ([1, 4, 8, 20], [1, 4, 7, 40, 70, 100, 119], [2, 5, 29, 31, 55], [0, 119]):
-        reader = _PyAVReader(str(path), 1)
+        reader = PyAVReader(str(path), 1)
         assert np.array_equal(reader.get(ids), sequential(path, ids)), ids
         assert reader.seekable
 
@@ -116,7 +117,7 @@ class _LandsLate:
 
 
 def test_a_seek_that_lands_past_its_target_is_retried_further_back(regular):
-    reader = _PyAVReader(str(regular), 1)
+    reader = PyAVReader(str(regular), 1)
     reader._container = _LandsLate(reader._container, reader._grid[1], frames=14, times=3)
     ids = [30, 31, 47]
     assert np.array_equal(reader.get(ids), sequential(regular, ids))
@@ -125,7 +126,7 @@ def test_a_seek_that_lands_past_its_target_is_retried_further_back(regular):
 
 @pytest.mark.skipif(not decord_available(), reason="decord not installed (x86-64 only)")
 def test_seeking_gives_decords_frames(regular):
-    decord_reader, reader = open_video(regular, "decord"), _PyAVReader(str(regular), 1)
+    decord_reader, reader = open_video(regular, "decord"), PyAVReader(str(regular), 1)
     for ids in ID_SETS:
         assert np.array_equal(reader.get(ids), decord_reader.get(ids)), ids
 
@@ -135,7 +136,7 @@ def test_seeking_gives_decords_frames(regular):
 def test_common_constant_rates_and_an_audio_track_are_seeked(tmp_path, rate, audio):
     # 29.97-fps files and files with audio end a few ticks short of frames x step: still a grid
     path = encode(tmp_path / "v.mp4", n=100, rate=rate, audio=audio)
-    reader = _PyAVReader(str(path), 1)
+    reader = PyAVReader(str(path), 1)
     assert reader.seekable
     for ids in ([0, 13, 14, 60], [33, 98, 99], [5, 50, 95]):
         assert np.array_equal(reader.get(ids), sequential(path, ids)), ids
@@ -158,7 +159,7 @@ def test_a_missing_frame_is_not_taken_for_a_grid(tmp_path):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    reader = _PyAVReader(str(path), 1)
+    reader = PyAVReader(str(path), 1)
     assert not reader.seekable  # frame 60 is the 60th frame (decord's index), not the frame at 60/30 s
     reader._grid = (0, 512)  # even when a header claims a grid, the continuity check on decoded frames falls back
     assert np.array_equal(reader.get([60]), sequential(path, [60]))
@@ -166,13 +167,13 @@ def test_a_missing_frame_is_not_taken_for_a_grid(tmp_path):
 
 
 def test_irregular_timestamps_are_decoded_from_the_start(irregular):
-    reader = _PyAVReader(str(irregular), 1)
+    reader = PyAVReader(str(irregular), 1)
     assert not reader.seekable  # average rate != nominal rate: no grid
     assert np.array_equal(reader.get([4, 30, 59]), sequential(irregular, [4, 30, 59]))
 
 
 def test_a_timestamp_off_the_grid_falls_back_to_counting(regular):
-    reader = _PyAVReader(str(regular), 1)
+    reader = PyAVReader(str(regular), 1)
     start, step = reader._grid
     reader._grid = (start, step + 1)  # a header that lies: decoded timestamps fall off this grid
     frames = reader.get([7, 30, 31])
@@ -196,9 +197,9 @@ def test_auto_picks_pyav_when_it_can_seek_and_decord_otherwise(regular, irregula
 def test_frame_conversion_uses_the_decode_thread_count(regular):
     # PyAV's default conversion starts one swscale thread per host CPU for every frame (~120 per DataLoader worker
     # on a many-core host), which capped the 2-worker loader at raw decord's speed; one thread is 1.4-8x faster
-    from lavila.data.video import _conversion_takes_threads
+    from lavila.data.video_readers import conversion_takes_threads
 
-    if not _conversion_takes_threads():
+    if not conversion_takes_threads():
         pytest.skip("this PyAV's frame conversion takes no thread count")
-    assert _PyAVReader(str(regular), 1)._convert["threads"] == 1
-    assert _PyAVReader(str(regular), 3)._convert["threads"] == 3
+    assert PyAVReader(str(regular), 1)._convert["threads"] == 1
+    assert PyAVReader(str(regular), 3)._convert["threads"] == 3

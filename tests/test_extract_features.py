@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from lavila.data.synthetic import write_video
+from lavila.data.synthetic_video import write_video
 from lavila.data.transforms import VideoTransform
 from lavila.data.video import load_clip
 from lavila.evaluation import feature_store as store

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lavila import extract, search
-from lavila.data.synthetic import write_video
+from lavila.data.synthetic_video import write_video
 from lavila.data.tokenizer import tokenize
 
 COLOURS = ("red", "green", "blue")

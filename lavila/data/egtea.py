@@ -27,7 +27,8 @@ import torch
 
 from lavila.data.class_list import read_class_list
 from lavila.data.clips import ClipDataset
-from lavila.data.video import VideoDecodeError, decord_available, open_video
+from lavila.data.video import VideoDecodeError, open_video
+from lavila.data.video_readers import decord_available
 
 __all__ = ["ZEROSHOT_PROTOCOL", "load_action_classes", "load_split", "clip_video_path", "window_starts",
            "square_crops", "EgteaDataset"]

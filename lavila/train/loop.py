@@ -33,16 +33,15 @@ Re-running the same command resumes from that step. Requeue the job with ``scont
 
 A non-finite loss raises ``NonFiniteLossError`` naming the epoch and step; the last good checkpoint stays in place.
 
-What a checkpoint holds and how it is written / restored: ``checkpointing.py``; the signal flag: ``preemption.py``.
+What a checkpoint holds and how it is written / restored: ``checkpointing.py``; the signal flag: ``preemption.py``;
+the steps of one epoch: ``train_epoch.py``; autocast and the GradScaler: ``amp.py``.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import random
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -52,6 +51,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from lavila.config import ArgumentParser, config_yaml, parse_args, resolved_config, save_resolved_config
+from lavila.train.amp import autocast, grad_scaler
 from lavila.train.checkpointing import (
     CHECKPOINT,
     TrainState,
@@ -60,7 +60,13 @@ from lavila.train.checkpointing import (
     save_training_checkpoint,
     unwrap_model,
 )
-from lavila.train.errors import NonFiniteLossError, TrainingError, describe_error, known_errors, last_line
+from lavila.train.errors import (  # NonFiniteLossError: re-exported, callers import it from here
+    NonFiniteLossError,  # noqa: F401
+    TrainingError,
+    describe_error,
+    known_errors,
+    last_line,
+)
 from lavila.train.flags import REFERENCE_DATA_PATHS, REFERENCE_DEFAULTS, no_effect_notes, parse_overrides
 from lavila.train.optim import build_optimizer
 from lavila.train.preemption import PreemptionFlag, ignore_sigint
@@ -75,11 +81,10 @@ from lavila.train.run_spec import (
 from lavila.train.sampler import PerSampleSeededDataset, ResumableDistributedSampler
 from lavila.train.schedule import cosine_scheduler, set_lr
 from lavila.train.startup import check_reference_paths, flag_problems, model_tower
+from lavila.train.train_epoch import train_epoch
 from lavila.utils import distributed as du
 from lavila.utils.checkpoint import load_checkpoint
-from lavila.utils.logging import MetricLogger, get_logger, progress
-
-LOGIT_SCALE_MAX = math.log(100.0)
+from lavila.utils.logging import MetricLogger, get_logger
 
 
 class Engine:
@@ -145,15 +150,6 @@ def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _agree(flags: Sequence[float], device: torch.device) -> list[float]:
-    """Max over ranks of a few flags (one tiny all-reduce), so every rank takes the same branch."""
-    if du.get_world_size() == 1:
-        return list(flags)
-    t = torch.tensor(list(flags), dtype=torch.float32, device=device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return t.tolist()
-
-
 # ------------------------------------------------------------------------------------------------ the parser
 
 
@@ -203,12 +199,6 @@ def build_loader(dataset: Dataset, args: argparse.Namespace, info: du.DistInfo, 
     return loader
 
 
-def _autocast(args: argparse.Namespace, device: torch.device) -> Any:
-    if device.type != "cuda" or args.disable_amp:
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if args.use_bf16 else torch.float16)
-
-
 def run_evaluation(engine: Engine, model: nn.Module, val_loader: DataLoader, args: argparse.Namespace,
                    device: torch.device) -> dict[str, float]:
     from lavila.data.loader import SampleSkippedError
@@ -216,7 +206,7 @@ def run_evaluation(engine: Engine, model: nn.Module, val_loader: DataLoader, arg
 
     model.eval()
     try:
-        with torch.no_grad(), _autocast(args, device):
+        with torch.no_grad(), autocast(args, device):
             metrics = engine.evaluate(unwrap_model(model), val_loader, args, device)
     except (SampleSkippedError, VideoDecodeError) as exc:  # evaluation reads every sample, whatever --skip-policy
         raise TrainingError(f"evaluation: {last_line(exc)} (every evaluation sample must be readable: fix the "
@@ -333,8 +323,7 @@ def _run(engine: Engine, args: argparse.Namespace, info: du.DistInfo, log: Any, 
     optimizer = build_training_optimizer(model, args, info, log)
     lr, lr_start, lr_end = engine.lr_values(args, info.world_size)
     set_lr(optimizer, lr)
-    use_scaler = device.type == "cuda" and not args.disable_amp and not args.use_bf16
-    scaler = torch.amp.GradScaler("cuda" if device.type == "cuda" else "cpu", enabled=use_scaler)
+    scaler = grad_scaler(args, device)
     schedule = None if args.fix_lr else cosine_scheduler(lr, lr_end, args.epochs, ipe, args.warmup_epochs, lr_start)
     state = TrainState()
     state.epoch = args.start_epoch
@@ -374,8 +363,8 @@ def _run(engine: Engine, args: argparse.Namespace, info: du.DistInfo, log: Any, 
         start_micro = state.step_in_epoch
         sampler.set_start(start_micro * args.batch_size)
         train_loader.generator.manual_seed(args.seed * 1000 + epoch * 10 + info.rank)
-        stopped = _train_epoch(engine, args, ddp, train_loader, criterion, optimizer, scaler, schedule, state, ipe,
-                               start_micro, device, metrics_log, log, flag, info)
+        stopped = train_epoch(engine.train_step, args, ddp, train_loader, criterion, optimizer, scaler, schedule,
+                              state, ipe, start_micro, device, metrics_log, log, flag, info)
         if stopped:
             save_training_checkpoint(engine, args, ddp, optimizer, scaler, state)
             log.info(f"stopped by signal {stopped}: checkpoint saved at epoch {epoch} step {state.step_in_epoch}; "
@@ -408,90 +397,6 @@ def _run(engine: Engine, args: argparse.Namespace, info: du.DistInfo, log: Any, 
                    global_step=state.global_step, skipped_samples=state.skipped)
     metrics_log.close()
     return summary
-
-
-def _train_epoch(engine: Engine, args: argparse.Namespace, model: nn.Module, loader: DataLoader,
-                 criterion: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                 schedule: np.ndarray | None, state: TrainState, ipe: int, start_micro: int, device: torch.device,
-                 metrics_log: MetricLogger, log: Any, flag: PreemptionFlag, info: du.DistInfo) -> int | None:
-    """One epoch from micro-batch ``start_micro``; returns the signal number if stopped by preemption."""
-    model.train()
-    bare = unwrap_model(model)
-    n_micro = ipe * args.update_freq
-    epoch = state.epoch
-    sums: dict[str, float] = {}
-    count = 0
-    t0 = time.monotonic()
-    bar = progress(loader, total=n_micro, desc=f"epoch {epoch}", every=args.print_freq, start=start_micro)
-    if start_micro == 0:
-        optimizer.zero_grad(set_to_none=True)
-    for micro, batch in enumerate(bar, start=start_micro):
-        if micro >= n_micro:
-            break
-        optim_iter = micro // args.update_freq
-        if micro % args.update_freq == 0 and schedule is not None:
-            set_lr(optimizer, float(schedule[epoch * ipe + optim_iter]))
-        missing = batch is None
-        if _agree([float(missing)], device)[0]:
-            if args.skip_policy == "raise":
-                raise TrainingError(f"epoch {epoch} step {micro}: a whole batch could not be read")
-            log.warning(f"epoch {epoch} step {micro}: no readable sample in the batch on some rank; batch skipped")
-            state.step_in_epoch = micro + 1
-            continue
-        last_micro = (micro + 1) % args.update_freq == 0
-        sync = model.no_sync() if (not last_micro and isinstance(model, nn.parallel.DistributedDataParallel)) \
-            else contextlib.nullcontext()
-        with sync:
-            with _autocast(args, device):
-                out = engine.train_step(model, batch, criterion, args, device)
-            loss = out["loss"]
-            if not torch.isfinite(loss.detach()).all():
-                last = Path(args.output_dir) / CHECKPOINT
-                where = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was saved yet"
-                raise NonFiniteLossError(f"non-finite loss ({float(loss.detach())}) at epoch {epoch}, step {micro} "
-                                         f"(optimiser step {state.global_step + 1}); stopping: {where}")
-            scaler.scale(loss / args.update_freq).backward()
-        for k, v in out.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach() if isinstance(v, torch.Tensor) else v)
-        count += 1
-        state.step_in_epoch = micro + 1
-        if not last_micro:
-            continue
-        if args.grad_clip_norm is not None:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        logit_scale = getattr(bare, "logit_scale", None)
-        if isinstance(logit_scale, torch.Tensor) and logit_scale.requires_grad:
-            with torch.no_grad():
-                logit_scale.clamp_(0, LOGIT_SCALE_MAX)
-        state.global_step += 1
-        step_metrics = {k: float(v.detach() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
-        step_metrics["lr"] = optimizer.param_groups[0]["lr"]
-        if isinstance(logit_scale, torch.Tensor):
-            step_metrics["logit_scale"] = float(logit_scale.detach().exp())
-        metrics_log.log_step(state.global_step, step_metrics, epoch=epoch)
-        if hasattr(bar, "set_postfix_str"):
-            bar.set_postfix_str(f"loss {step_metrics['loss']:.4f} lr {step_metrics['lr']:.3g}")
-        stop = _agree([float(flag.signal or 0)], device)[0]
-        if stop:
-            _count_skips(loader, state, epoch, log)  # the resumed run never re-reads this part of the epoch
-            return int(stop)
-    _count_skips(loader, state, epoch, log)
-    if count:
-        averages = {f"train_{k}": du.all_reduce_mean(v / count) for k, v in sums.items()}
-        averages["train_lr"] = optimizer.param_groups[0]["lr"]
-        averages["epoch_seconds"] = time.monotonic() - t0
-        metrics_log.log_epoch(epoch, averages, kind="train", step=state.global_step)
-    return None
-
-
-def _count_skips(loader: DataLoader, state: TrainState, epoch: int, log: Any) -> None:
-    """Add the samples skipped since the last count (summed over ranks; collective) to the run's total."""
-    skipped = loader.skip_tracker.report(epoch, logger=log)["skipped"]  # type: ignore[attr-defined]
-    state.skipped += int(du.all_reduce_sum(float(skipped)).item())
 
 
 def _evaluate_only(engine: Engine, args: argparse.Namespace, model: nn.Module, val_loader: DataLoader | None,
