@@ -86,16 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---- model ------------------------------------------------------------------------------------------------------
 
-def _checkpoint_norm(ckpt: dict[str, Any] | None) -> str | None:
-    from lavila.zoo import checkpoint_args
-
-    value = checkpoint_args(ckpt or {}).get("norm_style")
-    return value if value in ("openai", "timm") else None
-
-
 def build_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model (eval mode) and its data settings: ``num_frames``, ``crop``, ``norm``, ``context_length``."""
-    from lavila.models import convert, create_model
+    from lavila.models import create_model
+    from lavila.models.checkpoint_spec import checkpoint_norm_style
+    from lavila.models.released import build_from_released_checkpoint
     from lavila.train.flags import parse_overrides
 
     overrides = parse_overrides(args.model_overrides)
@@ -108,8 +103,8 @@ def build_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, An
     if args.clip_length is not None:
         overrides["num_frames"] = args.clip_length
     if ckpt is not None:  # this project's checkpoint (stored model_config) or a released one (args)
-        model = convert.build_from_released_checkpoint(ckpt, num_frames=overrides.pop("num_frames", None),
-                                                       model_name=args.model, **overrides)
+        model = build_from_released_checkpoint(ckpt, num_frames=overrides.pop("num_frames", None),
+                                               model_name=args.model, **overrides)
     else:
         if not args.model:
             raise EvalError("give --resume CHECKPOINT or --model NAME")
@@ -123,7 +118,7 @@ def build_model(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, An
         "model": config.get("name", args.model),
         "num_frames": int(getattr(model, "num_frames", config.get("num_frames", 4))),
         "crop": args.input_size or int(config.get("img_size", 224)),
-        "norm": args.norm_style or _checkpoint_norm(ckpt) or "openai",
+        "norm": args.norm_style or checkpoint_norm_style(ckpt) or "openai",
         "context_length": args.context_length or int(config.get("context_length", 77)),
     }
     return model.eval(), info

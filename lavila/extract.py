@@ -6,7 +6,7 @@
 
 Model: a zoo name, a checkpoint file (or URL), or a registry name (random weights, ``--seed``; ``--model-overrides``
 for tiny sizes). ``--clip-length`` different from the checkpoint's frame count resizes the temporal embedding as
-fine-tuning does (``lavila.models.convert.load_released_state_dict``).
+fine-tuning does (``lavila.models.released.load_released_state_dict``).
 
 Input: a folder (searched recursively: video files, and folders of chunk files ``0000.mp4``/``0.mp4``... read as one
 video each) or a list file (one path per line, relative to the list's folder). A video's name is its path relative
@@ -86,7 +86,7 @@ def load_model(spec: str, clip_length: int | None = None, overrides: dict[str, A
     ``context_length``. A registry name (when no such file exists) builds random weights from ``seed``."""
     from lavila import zoo
     from lavila.models import create_model, list_models
-    from lavila.models.convert import checkpoint_model_spec
+    from lavila.models.checkpoint_spec import checkpoint_norm_style
     from lavila.utils.checkpoint import load_checkpoint
 
     overrides = dict(overrides or {})
@@ -99,13 +99,12 @@ def load_model(spec: str, clip_length: int | None = None, overrides: dict[str, A
     else:
         entry = zoo.get_entry(spec)
         ckpt = load_checkpoint(zoo.resolve(spec), trusted=trusted)
-        name = None if checkpoint_model_spec(ckpt)[0] else (entry.model if entry else None)
+        name = zoo.infer_model_spec(ckpt, entry)["model"]  # the file's model name, else the zoo entry's
         model = zoo.build_model_from_checkpoint(ckpt, model=name, num_frames=clip_length, **overrides)
     config = getattr(model, "config", {}) or {}
-    norm = zoo.checkpoint_args(ckpt or {}).get("norm_style")
     info = {"num_frames": int(getattr(model, "num_frames", config.get("num_frames", 4))),
             "crop": int(config.get("img_size", 224)),
-            "norm": norm if norm in ("openai", "timm", "lavila") else "openai",
+            "norm": checkpoint_norm_style(ckpt, ("openai", "timm", "lavila")) or "openai",
             "context_length": int(config.get("context_length", 77))}
     return model.eval(), info
 

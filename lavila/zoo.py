@@ -14,7 +14,6 @@ tried second when the first name is not on the hub.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import os
@@ -326,42 +325,16 @@ def load(name_or_path_or_url: str | os.PathLike, cache_dir: str | os.PathLike | 
 
 # ---- building a model from a checkpoint ---------------------------------------------------------------------------
 
-def checkpoint_args(ckpt: Mapping[str, Any]) -> dict[str, Any]:
-    """The checkpoint's ``args`` as a dict: a Namespace in released files, a dict in this project's."""
-    args = ckpt.get("args")
-    if args is None:
-        return {}
-    if isinstance(args, argparse.Namespace):
-        return dict(vars(args))
-    if isinstance(args, Mapping):
-        return dict(args)
-    return {k: getattr(args, k) for k in dir(args) if not k.startswith("_")}
-
-
-def _state_dict_of(ckpt: Mapping[str, Any]) -> Mapping[str, Any]:
-    for key in ("state_dict", "model"):
-        if isinstance(ckpt.get(key), Mapping):
-            return ckpt[key]
-    return ckpt
-
-
-def frames_from_state_dict(state_dict: Mapping[str, Any]) -> int | None:
-    """Frame count from the temporal embedding (:func:`lavila.models.convert.checkpoint_frames`)."""
-    from lavila.models.convert import checkpoint_frames
-
-    return checkpoint_frames(state_dict)
-
-
 def infer_model_spec(ckpt: Mapping[str, Any], entry: ZooEntry | None = None) -> dict[str, Any]:
-    """``{"model", "num_frames", "num_classes"}`` for a checkpoint (args first, then the zoo entry, then the keys)."""
-    args = checkpoint_args(ckpt)
-    state_dict = _state_dict_of(ckpt)
-    model = args.get("model") or (entry.model if entry else None)
-    frames = args.get("clip_length") or frames_from_state_dict(state_dict) or (entry.num_frames if entry else None)
-    num_classes = None
-    for key, value in state_dict.items():
-        if key.removeprefix("module.") == "fc_cls.weight":
-            num_classes = int(value.shape[0])
+    """``{"model", "num_frames", "num_classes"}`` for a checkpoint: what it describes
+    (:func:`lavila.models.checkpoint_spec.checkpoint_model_spec`, ``fc_cls`` rows), else the zoo entry's."""
+    from lavila.models.checkpoint_spec import checkpoint_model_spec
+    from lavila.utils.checkpoint import classifier_classes
+
+    name, spec = checkpoint_model_spec(ckpt)
+    model = name or (entry.model if entry else None)
+    frames = spec.get("num_frames") or (entry.num_frames if entry else None)
+    num_classes = classifier_classes(ckpt)
     if num_classes is None and entry is not None:
         num_classes = entry.num_classes
     if not model:
@@ -379,11 +352,11 @@ def build_model_from_checkpoint(name_or_path_or_url: str | os.PathLike | Mapping
     (released CLS files keep no model name). ``num_frames`` different from the checkpoint's resizes the temporal
     embedding.
     """
-    from lavila.models.convert import build_from_released_checkpoint, checkpoint_model_spec
+    from lavila.models.released import build_from_released_checkpoint
 
     if isinstance(name_or_path_or_url, Mapping):
         ckpt, entry = name_or_path_or_url, None
     else:
         ckpt, entry = load(name_or_path_or_url, cache_dir=cache_dir), get_entry(os.fspath(name_or_path_or_url))
-    name = model or checkpoint_model_spec(ckpt)[0] or infer_model_spec(ckpt, entry)["model"]
+    name = model or infer_model_spec(ckpt, entry)["model"]
     return build_from_released_checkpoint(ckpt, num_frames=num_frames, model_name=name, **overrides)

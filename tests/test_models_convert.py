@@ -8,13 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from lavila.models import VideoClassifier, create_model
-from lavila.models.convert import (
-    build_from_released_checkpoint,
-    checkpoint_model_spec,
-    load_released_state_dict,
-    resize_temporal,
-    unwrap_state_dict,
-)
+from lavila.models.checkpoint_spec import checkpoint_model_spec
+from lavila.models.released import build_from_released_checkpoint, load_released_state_dict, resize_temporal
+from lavila.utils.checkpoint import StateDictError, unwrap_state_dict
 
 TINY = dict(embed_dim=32, depth=1, num_heads=2, img_size=32, patch_size=16, project_embed_dim=16,
             text_width=32, text_layers=1, text_heads=2, vocab_size=100, context_length=16)
@@ -159,7 +155,8 @@ def test_unwrap_variants():
     t = torch.zeros(2)
     assert unwrap_state_dict({"state_dict": {"module.a": t}}) == {"a": t}
     assert unwrap_state_dict({"model": {"a": t}}) == {"a": t}
-    with pytest.raises(ValueError, match="not tensors"):
+    with pytest.raises(ValueError, match="no model state dict"):  # a StateDictError is also a ValueError
         unwrap_state_dict({"a": t, "b": "x"})
-    with pytest.raises(TypeError):
+    with pytest.raises(StateDictError):
         unwrap_state_dict([t])
+    assert list(unwrap_state_dict(torch.nn.Linear(2, 3))) == ["weight", "bias"]

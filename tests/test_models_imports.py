@@ -10,7 +10,8 @@ SCRIPT = f"""
 import sys
 import torch
 import lavila.models
-from lavila.models import clip, convert, layers, registry, text, timesformer, vit, vivim, create_model
+from lavila.models import (checkpoint_spec, clip, convert, layers, registry, released, text, timesformer, vit,
+                           vivim, create_model)
 tiny = dict(embed_dim=32, depth=1, num_heads=2, img_size=32, num_frames=2, project_embed_dim=8, text_width=32,
             text_layers=1, text_heads=2, vocab_size=50, context_length=8)
 for name in ["CLIP_TimeSformerB16", "CLIP_TimeMamba_like_frozen", "CLIP_VITT16", "CLIP_ViViM_tiny_hs4"]:

@@ -75,7 +75,7 @@ def test_unrelated_state_dict_is_a_clear_error(tmp_path):
 def test_wrong_frame_count_is_resized_explicitly_or_refused(tiny_ckpt):
     """A 2-frame checkpoint into a 4-frame model: the temporal embedding is resized (as the released recipes
     inflate 4 -> 16 frames) to the model's shape — never a silent shape mismatch; with resizing off it is refused."""
-    from lavila.models.convert import load_released_state_dict
+    from lavila.models.released import load_released_state_dict
 
     model = _model(frames=4)
     sd = load_checkpoint(tiny_ckpt)["state_dict"]

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from lavila import zoo
+from lavila.models.checkpoint_spec import checkpoint_args, checkpoint_frames
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TINY = dict(embed_dim=32, depth=1, num_heads=2, img_size=32, patch_size=16, project_embed_dim=16,
@@ -176,7 +177,7 @@ def test_frames_and_model_from_args_or_keys():
     sd = {"module.visual.temporal_embedding": torch.zeros(16, 1, 8), "module.fc_cls.weight": torch.zeros(7, 8)}
     spec = zoo.infer_model_spec({"args": {"model": "CLIP_ViViM_tiny"}, "state_dict": sd})
     assert spec == {"model": "CLIP_ViViM_tiny", "num_frames": 16, "num_classes": 7}
-    assert zoo.frames_from_state_dict({"visual.temporal_embed": torch.zeros(1, 8, 4)}) == 8
+    assert checkpoint_frames({"visual.temporal_embed": torch.zeros(1, 8, 4)}) == 8
     cls = zoo.get_entry("clip_timemamba_vanilla_base_ego4d4m_bs512_f4_ft_ek100_cls_f16")
     assert zoo.infer_model_spec({"args": argparse.Namespace(pretrain_model="x.pt"), "state_dict": {}}, cls)["model"] \
         == "CLIP_TimeMamba_like_timesformer"
@@ -242,7 +243,7 @@ def test_model_zoo_doc_does_not_repeat_the_vivim_s_link_error(repo_root):
 
 def test_released_args_namespace_is_copied_not_shared():
     ns = argparse.Namespace(model="m", clip_length=4)
-    d = zoo.checkpoint_args({"args": ns})
+    d = checkpoint_args({"args": ns})
     d["model"] = "x"
     assert ns.model == "m"
 

@@ -1,70 +1,23 @@
-"""Every key remapping in one place.
+"""Pretrained initialisation ("Pretrain-I"): the key maps of external weights into this project's models.
 
-* Released video-mamba-suite checkpoints: unwrap ``state_dict``, strip ``module.``, resize temporal embeddings to the
-  model's frame count, strict load (``load_released_state_dict``; ``build_from_released_checkpoint`` builds the
-  model a checkpoint describes: ``checkpoint_model_spec`` reads this project's ``model_name`` / ``model_config`` or a
-  released file's ``args``).
-* Pretrained initialisation ("Pretrain-I"): OpenAI / open_clip CLIP ViT-B/16 (visual -> TimeSformer / TimeMamba /
-  ViT, text -> text tower), DeiT-T/S/B (timm or the DeiT files) -> ViT or TimeSformer visual, Vim-T/S -> ViViM
-  (with nearest d_state resampling, e.g. 16 -> 4). Parts that the source does not have (temporal attention / Mamba,
-  ``alpha_timeattn`` = 0, ``norm3``, temporal embeddings = 0, projections, ``logit_scale``) keep their
-  initialisation, as in the reference; the CLIP ``visual.proj``/``text_projection``/``logit_scale`` are never loaded.
+OpenAI / open_clip CLIP ViT-B/16 (visual -> TimeSformer / TimeMamba / ViT, text -> text tower), DeiT-T/S/B (timm or
+the DeiT files) -> ViT or TimeSformer visual, Vim-T/S -> ViViM (with nearest d_state resampling, e.g. 16 -> 4). Parts
+that the source does not have (temporal attention / Mamba, ``alpha_timeattn`` = 0, ``norm3``, temporal embeddings =
+0, projections, ``logit_scale``) keep their initialisation, as in the reference; the CLIP
+``visual.proj``/``text_projection``/``logit_scale`` are never loaded. Released (and this project's) checkpoints are
+:mod:`lavila.models.released`'s job.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-TEMPORAL_KEYS = ("visual.temporal_embed", "visual.temporal_embedding")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Generic helpers
-# ---------------------------------------------------------------------------------------------------------------------
-def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
-    """Tensor dict from a checkpoint dict (``state_dict`` / ``model`` / ``module`` wrappers), a module or a state dict,
-    with a leading ``module.`` stripped from every key that has it (:func:`lavila.utils.checkpoint.unwrap_state_dict`;
-    here a non-mapping is a ``TypeError`` and a dict that holds no state dict a ``ValueError``)."""
-    from lavila.utils.checkpoint import CheckpointError
-    from lavila.utils.checkpoint import unwrap_state_dict as unwrap
-
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
-    if not isinstance(obj, Mapping):
-        raise TypeError(f"expected a checkpoint dict or a state dict, got {type(obj).__name__}")
-    try:
-        return dict(unwrap(obj))
-    except CheckpointError as exc:
-        raise ValueError(f"not a state dict: some entries are not tensors (is this the right file?); {exc}") from exc
-
-
-@dataclass
-class LoadReport:
-    """What a load or an initialisation did."""
-
-    loaded: list[str] = field(default_factory=list)
-    left_at_init: list[str] = field(default_factory=list)
-    resized: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
-    ignored_source_keys: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        lines = [f"loaded {len(self.loaded)} tensors"]
-        if self.resized:
-            lines.append("resized: " + ", ".join(f"{k} {a}->{b}" for k, (a, b) in self.resized.items()))
-        if self.left_at_init:
-            lines.append(f"left at init ({len(self.left_at_init)}): {_abbrev(self.left_at_init)}")
-        if self.ignored_source_keys:
-            lines.append(f"ignored source keys ({len(self.ignored_source_keys)}): {_abbrev(self.ignored_source_keys)}")
-        return "; ".join(lines)
-
-
-def _abbrev(keys: list[str], n: int = 8) -> str:
-    return ", ".join(keys[:n]) + (f", ... (+{len(keys) - n})" if len(keys) > n else "")
+from lavila.models.released import LoadReport, abbrev
+from lavila.utils.checkpoint import unwrap_state_dict
 
 
 def _copy_into(model: nn.Module, tensors: Mapping[str, torch.Tensor], source: str) -> LoadReport:
@@ -72,7 +25,7 @@ def _copy_into(model: nn.Module, tensors: Mapping[str, torch.Tensor], source: st
     own = model.state_dict()
     unknown = [k for k in tensors if k not in own]
     if unknown:
-        raise KeyError(f"{source}: target keys not in the model: {_abbrev(unknown)}")
+        raise KeyError(f"{source}: target keys not in the model: {abbrev(unknown)}")
     bad = [f"{k}: source {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in tensors.items()
            if tuple(v.shape) != tuple(own[k].shape)]
     if bad:
@@ -81,162 +34,6 @@ def _copy_into(model: nn.Module, tensors: Mapping[str, torch.Tensor], source: st
         for k, v in tensors.items():
             own[k].copy_(v.to(own[k].dtype))
     return LoadReport(loaded=list(tensors), left_at_init=[k for k in own if k not in tensors])
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Released checkpoints
-# ---------------------------------------------------------------------------------------------------------------------
-def resize_temporal(tensor: torch.Tensor, num_frames: int, dim: int, mode: str = "auto") -> torch.Tensor:
-    """Resize a temporal embedding along ``dim`` to ``num_frames``.
-
-    ``auto`` (the fine-tune engines' inflation): more frames in the checkpoint -> keep the first ones; fewer ->
-    linear interpolation (align_corners=False). ``linear``: interpolate in both directions (the pretrain engine's
-    ``--resume``).
-    """
-    if mode not in ("auto", "linear"):
-        raise ValueError(f"temporal resize mode must be 'auto' or 'linear', got {mode!r}")
-    old = tensor.shape[dim]
-    if old == num_frames:
-        return tensor
-    if mode == "auto" and old > num_frames:
-        return tensor.narrow(dim, 0, num_frames).clone()
-    x = tensor.movedim(dim, -1)
-    shape = x.shape
-    x = F.interpolate(x.reshape(1, -1, old).float(), size=num_frames, mode="linear", align_corners=False)
-    return x.reshape(*shape[:-1], num_frames).to(tensor.dtype).movedim(-1, dim)
-
-
-def _temporal_dim(key: str, shape: torch.Size) -> int:
-    # TimeSformer [1, T, D] -> dim 1; ViT [T, D] and ViViM [T, 1, D] -> dim 0.
-    return 1 if key.endswith("temporal_embed") else 0
-
-
-def adapt_released_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], mode: str = "auto"
-                              ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[tuple[int, ...], tuple[int, ...]]]]:
-    """Unwrapped, prefix-stripped copy of ``state_dict`` with temporal embeddings resized to ``model``'s."""
-    sd = unwrap_state_dict(state_dict)
-    own = model.state_dict()
-    resized = {}
-    for key in TEMPORAL_KEYS:
-        if key in sd and key in own and sd[key].shape != own[key].shape:
-            src = sd[key]
-            dim = _temporal_dim(key, src.shape)
-            if src.ndim != own[key].ndim or [s for i, s in enumerate(src.shape) if i != dim] != \
-                    [s for i, s in enumerate(own[key].shape) if i != dim]:
-                raise ValueError(f"{key}: checkpoint {tuple(src.shape)} cannot be resized to {tuple(own[key].shape)} "
-                                 "(different width: wrong model name for this checkpoint?)")
-            sd[key] = resize_temporal(src, own[key].shape[dim], dim, mode)
-            resized[key] = (tuple(src.shape), tuple(own[key].shape))
-    for key in ("visual.pos_embed", "visual.positional_embedding"):
-        if key in sd and key in own and sd[key].shape != own[key].shape:
-            raise ValueError(f"{key}: checkpoint {tuple(sd[key].shape)} vs model {tuple(own[key].shape)}; spatial "
-                             "position-embedding resizing is not supported: build the model with the checkpoint's "
-                             "img_size / patch_size")
-    return sd, resized
-
-
-def load_released_state_dict(model: nn.Module, state_dict: Mapping[str, Any], strict: bool = True,
-                             temporal_resize: str = "auto") -> LoadReport:
-    """Load a released-format checkpoint (or its ``state_dict``) into ``model``; strict by default."""
-    sd, resized = adapt_released_state_dict(model, state_dict, temporal_resize)
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    if strict and (missing or unexpected):
-        hint = _mismatch_hint(model, sd, missing, unexpected)
-        raise KeyError(f"checkpoint does not match the model: missing {len(missing)} "
-                       f"[{_abbrev(missing, 5)}], unexpected {len(unexpected)} [{_abbrev(unexpected, 5)}]. {hint}")
-    bad = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-           for k in sd if k in own and sd[k].shape != own[k].shape]
-    if bad:
-        raise ValueError("checkpoint shapes do not match the model (wrong model name or overrides?): "
-                         + "; ".join(bad[:5]))
-    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=strict)
-    return LoadReport(loaded=[k for k in sd if k in own], left_at_init=missing, resized=resized,
-                      ignored_source_keys=unexpected)
-
-
-def _mismatch_hint(model: nn.Module, sd: Mapping[str, torch.Tensor], missing: list[str], unexpected: list[str]) -> str:
-    has_fc = "fc_cls.weight" in sd
-    has_text = any(k.startswith("textual.") for k in sd)
-    is_classifier = hasattr(model, "fc_cls")
-    if has_fc and not is_classifier:
-        return (f"This is a classification checkpoint: build create_model(name, num_classes="
-                f"{sd['fc_cls.weight'].shape[0]}).")
-    if is_classifier and has_text and not has_fc:
-        return ("This is a CLIP checkpoint: load it into create_model(name) and wrap it with "
-                "VideoClassifier.from_clip(model, num_classes).")
-    return "Check that the model name (args.model of the checkpoint) and the overrides match the checkpoint."
-
-
-def _args_get(args: Any, key: str, default: Any = None) -> Any:
-    if args is None:
-        return default
-    if isinstance(args, Mapping):
-        return args.get(key, default)
-    return getattr(args, key, default)
-
-
-def checkpoint_model_spec(checkpoint: Mapping[str, Any], model_name: str | None = None
-                          ) -> tuple[str | None, dict[str, Any]]:
-    """Model name and named-config overrides a checkpoint describes (``None`` name: the file names no model).
-
-    This project's checkpoints store ``model_name`` / ``model_config`` (the full resolved config, used as is);
-    released ones carry only ``args`` (``model``, ``clip_length``, ``project_embed_dim``, ``context_length``,
-    ``vocab_size``) and the frame count of their temporal embedding. ``model_name`` wins over the stored name.
-    """
-    from lavila.models.registry import OVERRIDES
-
-    args = checkpoint.get("args") if isinstance(checkpoint, Mapping) else None
-    config = checkpoint.get("model_config") if isinstance(checkpoint, Mapping) else None
-    if isinstance(config, Mapping) and config:
-        name = model_name or checkpoint.get("model_name") or config.get("name") or _args_get(args, "model")
-        return name, {k: config[k] for k in OVERRIDES if k in config}
-    overrides: dict[str, Any] = {}
-    for key in ("project_embed_dim", "context_length", "vocab_size"):
-        value = _args_get(args, key)
-        if value is not None:
-            overrides[key] = int(value)
-    frames = checkpoint_frames(checkpoint) or _args_get(args, "clip_length")
-    if frames is not None:
-        overrides["num_frames"] = int(frames)
-    return model_name or _args_get(args, "model"), overrides
-
-
-def build_from_released_checkpoint(checkpoint: Mapping[str, Any], num_frames: int | None = None,
-                                   model_name: str | None = None, **overrides: Any) -> nn.Module:
-    """Build the model a checkpoint describes (:func:`checkpoint_model_spec`; ``fc_cls`` -> ``VideoClassifier``)
-    and load it strictly. ``num_frames`` defaults to the checkpoint's own frame count; ``overrides`` win over the
-    stored config."""
-    from lavila.models.registry import create_model, list_models
-
-    name, stored = checkpoint_model_spec(checkpoint, model_name)
-    if name is None:
-        raise ValueError("the checkpoint has no args.model; pass model_name= (one of: "
-                         + ", ".join(list_models()) + ")")
-    sd = unwrap_state_dict(checkpoint)
-    overrides = {**stored, **overrides}
-    if num_frames is not None:
-        overrides["num_frames"] = int(num_frames)
-    num_classes = int(sd["fc_cls.weight"].shape[0]) if "fc_cls.weight" in sd else None
-    model = create_model(name, num_classes=num_classes, **overrides)
-    load_released_state_dict(model, sd)
-    return model
-
-
-def checkpoint_frames(checkpoint: Mapping[str, Any]) -> int | None:
-    """Frame count of a checkpoint's (or state dict's) temporal embedding: TimeSformer ``temporal_embed [1, T, D]``,
-    ViT / ViViM ``temporal_embedding [T, D]`` / ``[T, 1, D]``; None without one."""
-    sd = checkpoint
-    for wrapper in ("state_dict", "model", "module"):
-        if isinstance(sd.get(wrapper), Mapping):
-            sd = sd[wrapper]
-            break
-    for key in TEMPORAL_KEYS:
-        value = sd.get(key, sd.get("module." + key))
-        if value is not None and hasattr(value, "shape"):
-            return int(value.shape[_temporal_dim(key, value.shape)])
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -320,7 +117,7 @@ def map_clip_visual(clip_sd: Mapping[str, torch.Tensor], kind: str, visual: nn.M
                 value = value.reshape(visual.conv1.weight.shape)  # Conv2d [W,3,p,p] <-> Linear [W,3*p*p]
             out["visual." + name] = value
     if unknown:
-        raise KeyError(f"CLIP state dict has visual keys this converter does not know: {_abbrev(unknown)} "
+        raise KeyError(f"CLIP state dict has visual keys this converter does not know: {abbrev(unknown)} "
                        "(expected an OpenAI/open_clip ViT CLIP)")
     return out
 
@@ -347,7 +144,7 @@ def map_clip_text(clip_sd: Mapping[str, torch.Tensor], textual: nn.Module) -> di
         else:
             unknown.append(key)
     if unknown:
-        raise KeyError(f"CLIP state dict has text keys this converter does not know: {_abbrev(unknown)}")
+        raise KeyError(f"CLIP state dict has text keys this converter does not know: {abbrev(unknown)}")
     return out
 
 
@@ -434,7 +231,7 @@ def map_deit_visual(deit_sd: Mapping[str, torch.Tensor], kind: str, visual: nn.M
         else:
             unknown.append(key)
     if unknown:
-        raise KeyError(f"DeiT state dict has keys this converter does not know: {_abbrev(unknown)}")
+        raise KeyError(f"DeiT state dict has keys this converter does not know: {abbrev(unknown)}")
     bias = deit_sd.get("patch_embed.proj.bias")
     if bias is not None:
         if patch_bias == "fold" and names["pos"] in out:
@@ -504,7 +301,7 @@ def map_vim_visual(vim_sd: Mapping[str, torch.Tensor], visual: nn.Module) -> tup
         else:
             unknown.append(key)
     if unknown:
-        raise KeyError(f"Vim state dict has keys this ViViM does not have: {_abbrev(unknown)} (a Vim 'midclstok' "
+        raise KeyError(f"Vim state dict has keys this ViViM does not have: {abbrev(unknown)} (a Vim 'midclstok' "
                        "checkpoint of the same size is expected; check depth/embed_dim)")
     return out, ignored
 

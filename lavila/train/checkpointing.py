@@ -75,7 +75,7 @@ def load_model_weights(model: nn.Module, ckpt: dict[str, Any]) -> None:
     """Strict load of a checkpoint's weights into a bare model (released format handled by the converter)."""
     state_dict = unwrap_state_dict(ckpt)
     try:
-        from lavila.models.convert import load_released_state_dict
+        from lavila.models.released import load_released_state_dict
     except ImportError:
         load_state_dict_strict(model, state_dict)
         return

@@ -108,13 +108,14 @@ def starting_checkpoint(args: argparse.Namespace, task: str) -> dict[str, Any] |
 
 
 def overrides_for(args: argparse.Namespace, ckpt: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
-    """Model name and overrides: the checkpoint's description (:func:`lavila.models.convert.checkpoint_model_spec`:
-    this project's stored config, or a released file's args) wins for the architecture; the flags set the frame
-    count and drop path (the temporal embedding is resized to ``--clip-length`` when loading)."""
+    """Model name and overrides: the checkpoint's description
+    (:func:`lavila.models.checkpoint_spec.checkpoint_model_spec`: this project's stored config, or a released file's
+    args) wins for the architecture; the flags set the frame count and drop path (the temporal embedding is resized
+    to ``--clip-length`` when loading)."""
     overrides = model_overrides(args)
     if ckpt is None:
         return args.model, _effective_drop_path(args.model, overrides, args)
-    from lavila.models.convert import checkpoint_model_spec
+    from lavila.models.checkpoint_spec import checkpoint_model_spec
 
     name, stored = checkpoint_model_spec(ckpt)
     stored = {k: v for k, v in stored.items() if k not in ("num_frames", "drop_path_rate", "patch_dropout")}
@@ -212,7 +213,7 @@ def _log_report(report: Any) -> None:
 
 def init_pretrained(model: nn.Module, args: argparse.Namespace) -> Any:
     """``--pretrain-zoo`` initialisation of a fresh CLIP (``none``: random), as the reference builders; returns the
-    :class:`lavila.models.convert.LoadReport` (also logged), or None.
+    :class:`lavila.models.released.LoadReport` (also logged), or None.
 
     ``openai`` / ``open_clip``: both towers from CLIP ViT-B/16 (``--pretrain-path``, else open_clip's download);
     for ViViM the visual tower comes from Vim-T/S instead (``--pretrain-vim-path``, else the Vim authors' Hugging

@@ -130,12 +130,11 @@ class ClassificationEngine(Engine):
 
     def build_model(self, args: argparse.Namespace) -> nn.Module:
         from lavila.models import VideoClassifier, create_model
+        from lavila.utils.checkpoint import is_classifier_state_dict
 
         ckpt = starting_checkpoint(args, "classification fine-tuning")
         name, overrides = overrides_for(args, ckpt)
-        state = ckpt.get("state_dict", ckpt) if ckpt is not None else {}
-        is_classifier = any(k.removeprefix("module.") == "fc_cls.weight" for k in state)
-        if is_classifier:
+        if is_classifier_state_dict(ckpt):
             model = create_model(name, num_classes=self.num_classes, **overrides)
             load_weights(model, ckpt)
         else:

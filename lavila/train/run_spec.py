@@ -1,7 +1,7 @@
 """What describes a run: the flags the user gave, the checkpoint the model comes from, and the model that was built.
 
 ``--evaluate``, ``--resume`` and (fine-tuning) ``--pretrain-model`` take the model name, frame count, crop size,
-context length and normalisation from the checkpoint (:func:`lavila.models.convert.checkpoint_model_spec`, the
+context length and normalisation from the checkpoint (:func:`lavila.models.checkpoint_spec.checkpoint_model_spec`, the
 released files' ``args``), as ``eval_zeroshot.py`` does, before any dataset is built. A flag given on the command line
 or in ``--config`` that contradicts the checkpoint is an error; the one legitimate difference, a new frame count for
 fine-tuning, is applied with a logged notice (the temporal embedding is resized when the weights are loaded).
@@ -89,16 +89,14 @@ def describing_source(args: argparse.Namespace) -> tuple[str, str] | None:
 
 def checkpoint_settings(ckpt: dict[str, Any]) -> dict[str, Any]:
     """The flag values a checkpoint describes (only those it states)."""
-    from lavila.models.convert import checkpoint_model_spec
-    from lavila.zoo import checkpoint_args
+    from lavila.models.checkpoint_spec import checkpoint_args, checkpoint_model_spec, checkpoint_norm_style
 
     name, spec = checkpoint_model_spec(ckpt)
     stored = checkpoint_args(ckpt)
     out: dict[str, Any] = {"model": name, "clip_length": spec.get("num_frames"),
                            "input_size": spec.get("img_size") or stored.get("input_size"),
                            "context_length": spec.get("context_length") or stored.get("context_length"),
-                           "norm_style": stored.get("norm_style") if stored.get("norm_style") in ("openai", "timm")
-                           else None}
+                           "norm_style": checkpoint_norm_style(ckpt)}
     return {k: (int(v) if k not in ("model", "norm_style") else v) for k, v in out.items() if v is not None}
 
 

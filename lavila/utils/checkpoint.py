@@ -7,8 +7,10 @@
   video-mamba-suite checkpoints contain: ``argparse.Namespace`` for ``args``, numpy arrays/scalars, and the pandas
   ``DataFrame`` that classification checkpoints keep in ``args.actions``. Anything else is refused; a file you trust
   can be loaded with ``trusted=True`` (``--trust-checkpoint`` on the command line).
-* ``unwrap_state_dict`` accepts a bare state dict or one under ``state_dict``/``model`` and strips a leading
-  ``module.`` (DDP).
+* ``unwrap_state_dict`` accepts a bare state dict, a module or one under ``state_dict``/``model``/``module`` and
+  strips a leading ``module.`` (DDP): the one place a checkpoint's state dict is found. ``state_dict_entry`` looks
+  one key up the same way without checks; ``classifier_classes`` / ``is_classifier_state_dict`` tell a
+  classification checkpoint (``fc_cls.weight``) apart.
 * ``load_state_dict_strict`` loads strictly and, on failure, reports missing/unexpected keys and shape mismatches
   grouped by prefix.
 * ``safe_pickle_load`` reads annotation pickles (Ego4D metadata, EK100 relevancy) with an unpickler that only
@@ -31,6 +33,10 @@ from torch import nn
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read safely or does not fit the model."""
+
+
+class StateDictError(CheckpointError, ValueError):
+    """No model state dict where one was expected (also a ``ValueError``, as the model-level loaders raised)."""
 
 
 # ------------------------------------------------------------------------------------------------ saving
@@ -185,20 +191,57 @@ def load_checkpoint(path: str | os.PathLike, trusted: bool = False, map_location
                               f"{type(exc).__name__}: {exc}") from exc
 
 
-def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
-    """Return the model state dict inside a checkpoint, with a leading ``module.`` removed from every key."""
-    sd = obj
+STATE_DICT_WRAPPERS = ("state_dict", "model", "module")
+CLASSIFIER_KEY = "fc_cls.weight"
+
+
+def _is_tensor_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _wrapped_state_dict(obj: Any) -> Any:
+    """The first of ``obj['state_dict' | 'model' | 'module']`` that is a non-empty dict of tensors, else ``obj``
+    (unchecked, keys as stored)."""
     if isinstance(obj, Mapping):
-        for key in ("state_dict", "model", "module"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-                sd = inner
-                break
-    if not isinstance(sd, Mapping) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        for key in STATE_DICT_WRAPPERS:
+            if _is_tensor_dict(obj.get(key)):
+                return obj[key]
+    return obj
+
+
+def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """Return the model state dict inside a checkpoint (or of a module), with a leading ``module.`` removed from
+    every key; ``StateDictError`` when there is none."""
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    sd = _wrapped_state_dict(obj)
+    if not _is_tensor_dict(sd):
         keys = list(obj.keys())[:10] if isinstance(obj, Mapping) else type(obj).__name__
-        raise CheckpointError(
+        raise StateDictError(
             f"no model state dict found (expected a dict of tensors, or one under 'state_dict'/'model'); got {keys}")
     return collections.OrderedDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in sd.items())
+
+
+def state_dict_entry(obj: Any, key: str) -> Any | None:
+    """Entry ``key`` of a checkpoint's state dict (found as by :func:`unwrap_state_dict`, stored with or without
+    ``module.``); None when absent. Never raises: for inspecting files that may hold no state dict."""
+    sd = _wrapped_state_dict(obj)
+    if not isinstance(sd, Mapping):
+        return None
+    value = sd.get(key)
+    return value if value is not None else sd.get("module." + key)
+
+
+def classifier_classes(obj: Any) -> int | None:
+    """Number of classes of a classification checkpoint / state dict (rows of ``fc_cls.weight``); None for any
+    other (a CLIP checkpoint, no state dict)."""
+    weight = state_dict_entry(obj, CLASSIFIER_KEY)
+    return int(weight.shape[0]) if hasattr(weight, "shape") else None
+
+
+def is_classifier_state_dict(obj: Any) -> bool:
+    """True for a classification checkpoint or state dict (``fc_cls.weight``, wrapped or not, ``module.`` or not)."""
+    return classifier_classes(obj) is not None
 
 
 def _group(key: str) -> str:
