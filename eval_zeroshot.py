@@ -1,4 +1,5 @@
-"""Zero-shot evaluation of a registry model or checkpoint on EK100 MIR, EK100 CLS and EgoSchema.
+"""Zero-shot evaluation of a registry model or checkpoint on the registered tasks (``lavila.evaluation.tasks``):
+EK100 MIR, EK100 CLS, EGTEA, Charades-Ego, EgoMCQ, EgoSchema.
 
     python eval_zeroshot.py --resume clip_timesformer_vanilla_base_ego4d4m_bs512_f4.pt \\
         --mir-root videos/epic --mir-metadata EPIC_100_retrieval_test.csv --output-dir out/
@@ -6,9 +7,11 @@
 The checkpoint may be a local path, a URL or a zoo name (``lavila.zoo``); without one, ``--model`` builds a randomly
 initialised registry model (``--model-overrides`` for tiny test sizes). Frame count, crop size, normalisation and the
 tokenizer's context length come from the checkpoint's stored config unless given as flags. A task runs when its
-metadata flag is given (or pick them with ``--tasks``). Runs the same under ``torchrun`` (each rank encodes a shard;
-identical numbers). Prints a table, writes ``<output-dir>/zeroshot_metrics.json``, EgoSchema predictions in the
-official submission format, and with ``--save-similarity`` the MIR similarity matrix (``mir_similarity.npy``).
+metadata flag (``--<prefix>-metadata``) is given (or pick them with ``--tasks``); EGTEA and Charades-Ego use their
+protocol's 16 frames (the model's temporal embedding resized) unless ``--<prefix>-clip-length`` / ``--clip-length``
+says otherwise. Runs the same under ``torchrun`` (each rank encodes a shard; identical numbers). Prints a table,
+writes ``<output-dir>/zeroshot_metrics.json`` (one entry per task, by its canonical name), EgoSchema predictions in
+the official submission format, and with ``--save-similarity`` the MIR similarity matrix (``mir_similarity.npy``).
 """
 from __future__ import annotations
 
@@ -23,9 +26,8 @@ from typing import Any
 import torch
 
 from lavila.config import ArgumentParser, config_yaml, parse_args
+from lavila.evaluation.tasks import TASKS, DataSettings, EvalContext, Task, canonical_name, task_names
 from lavila.utils import distributed as du
-
-TASKS = ("mir", "cls", "egoschema")
 
 
 class EvalError(ValueError):
@@ -46,29 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--input-size", type=int, default=None, help="crop size (default: the model's image size)")
     m.add_argument("--norm-style", default=None, choices=["openai", "timm"], help="default: the checkpoint's/openai")
     m.add_argument("--context-length", type=int, default=None, help="default: the model's")
-    t = p.add_argument_group("tasks")
-    t.add_argument("--tasks", nargs="+", choices=TASKS, default=None, help="default: every task with metadata")
-    t.add_argument("--mir-root", default=None, help="EK100 chunked video folder")
-    t.add_argument("--mir-metadata", default=None, help="EPIC_100_retrieval_test.csv")
-    t.add_argument("--mir-sentences", default=None, help="default: <metadata stem>_sentence.csv beside it")
-    t.add_argument("--relevancy-path", default=None,
-                   help="relevancy pickle (default: <csv dir>/relevancy/caption_relevancy_<stem>.pkl, else rebuilt)")
-    t.add_argument("--cls-root", default=None, help="EK100 chunked video folder (default: --mir-root)")
-    t.add_argument("--cls-metadata", default=None, help="EPIC_100_validation.csv")
-    t.add_argument("--cls-vocab", default=None, help="action vocabulary JSON (ActionVocabulary.save)")
-    t.add_argument("--cls-vocab-csvs", nargs="+", default=None,
-                   help="CSVs whose verb:noun pairs form the vocabulary (EPIC_100_train.csv EPIC_100_validation.csv)")
-    t.add_argument("--cls-text-csvs", nargs="+", default=None,
-                   help="CSVs whose narrations are the class texts (default: --cls-vocab-csvs, else --cls-metadata)")
-    t.add_argument("--cls-use-template", action="store_true", help="ensemble the '#C C {}' and '#C {}' templates")
-    t.add_argument("--egoschema-root", default=None, help="folder of <q_uid>.mp4")
-    t.add_argument("--egoschema-questions", default=None, help="questions JSON")
-    t.add_argument("--egoschema-answers", default=None, help="answers JSON {q_uid: index} to score locally")
+    p.add_argument("--tasks", nargs="+", choices=task_names(aliases=True), default=None,
+                   help="tasks to run (default: every task whose metadata is given)")
+    for task in TASKS.values():
+        task.add_eval_flags(p)
     r = p.add_argument_group("run")
     r.add_argument("--output-dir", default=None,
                    help="where zeroshot_metrics.json and predictions go (default: work_dirs/zeroshot_<checkpoint "
                         "or model name>)")
-    r.add_argument("--save-similarity", action="store_true", help="save the MIR similarity matrix (.npy)")
     r.add_argument("--batch-size", type=int, default=16, help="clips per batch, per process (default: 16)")
     r.add_argument("--text-batch-size", type=int, default=256, help="class texts per batch (default: 256)")
     r.add_argument("-j", "--workers", type=int, default=0,
@@ -132,67 +119,37 @@ def _autocast(args: argparse.Namespace, device: torch.device) -> Any:
     return torch.autocast("cuda", dtype=torch.bfloat16 if args.precision == "bf16" else torch.float16)
 
 
-def run_mir(args: argparse.Namespace, model: torch.nn.Module, info: dict[str, Any], device: torch.device
-            ) -> dict[str, float]:
-    from lavila.data.ek100 import EK100MIRDataset
-    from lavila.data.relevancy import resolve_relevancy
-    from lavila.evaluation import zeroshot
-
-    if not args.mir_root:
-        raise EvalError("--mir-metadata needs --mir-root (the EK100 video folder)")
-    dataset = EK100MIRDataset(args.mir_root, args.mir_metadata, is_training=False, sentence_path=args.mir_sentences,
-                              num_frames=info["num_frames"], chunk_len=args.video_chunk_length, crop_size=info["crop"],
-                              norm=info["norm"], context_length=info["context_length"], backend=args.video_backend)
-    relevancy = resolve_relevancy(dataset.clips, dataset.sentences, args.mir_metadata, args.relevancy_path)
-    loader = zeroshot.sharded_loader(dataset, args.batch_size, args.workers)
-    metrics, similarity = zeroshot.evaluate_mir(model, loader, relevancy, None, device, _autocast(args, device))
-    if args.save_similarity and du.is_main_process():
-        import numpy as np
-
-        np.save(Path(args.output_dir) / "mir_similarity.npy", similarity)
-    return metrics
-
-
-def run_cls(args: argparse.Namespace, model: torch.nn.Module, info: dict[str, Any], device: torch.device
-            ) -> dict[str, float]:
-    from lavila.data.ek100 import ActionVocabulary, EK100CLSDataset, read_ek100_csv, zeroshot_class_texts
-    from lavila.evaluation import zeroshot
-
-    root = args.cls_root or args.mir_root
+def task_config(args: argparse.Namespace, task: Task) -> dict[str, Any]:
+    """The task's config from its ``--<prefix>-*`` flags (a root may fall back to another task's, CLS -> MIR)."""
+    root = getattr(args, task.root_key) or (getattr(args, task.root_fallback) if task.root_fallback else None)
     if not root:
-        raise EvalError("--cls-metadata needs --cls-root (the EK100 video folder)")
-    if args.cls_vocab:
-        vocab = ActionVocabulary.load(args.cls_vocab)
-    else:
-        vocab = ActionVocabulary.from_csvs(args.cls_vocab_csvs or [args.cls_metadata])
-    text_csvs = args.cls_text_csvs or args.cls_vocab_csvs or [args.cls_metadata]
-    templates = ("#C C {}", "#C {}") if args.cls_use_template else ("{}",)
-    texts = zeroshot_class_texts(vocab, [read_ek100_csv(p) for p in text_csvs], templates=templates)
-    dataset = EK100CLSDataset(root, args.cls_metadata, vocab, is_training=False, num_frames=info["num_frames"],
-                              chunk_len=args.video_chunk_length, crop_size=info["crop"], norm=info["norm"],
-                              backend=args.video_backend)
-    autocast = _autocast(args, device)
-    classes = zeroshot.class_embeddings(model, texts, device, args.text_batch_size, info["context_length"], autocast)
-    loader = zeroshot.sharded_loader(dataset, args.batch_size, args.workers)
-    metrics, _ = zeroshot.evaluate_zeroshot_cls(model, loader, classes.to(device), vocab.act2verb, vocab.act2noun,
-                                                device, autocast)
-    return metrics
+        raise EvalError(f"--{task.flag_prefix}-metadata needs --{task.flag_prefix}-root ({task.root_help})")
+    return task.config(args, root, getattr(args, task.metadata_key))
 
 
-def run_egoschema(args: argparse.Namespace, model: torch.nn.Module, info: dict[str, Any], device: torch.device
-                  ) -> dict[str, float]:
-    from lavila.data.egoschema import EgoSchemaDataset
-    from lavila.evaluation import egoschema, zeroshot
+def _flags(task: Task, args: argparse.Namespace) -> dict[str, str]:
+    own_root = getattr(args, task.root_key) or not task.root_fallback
+    root = f"--{task.flag_prefix}-root" if own_root else "--" + str(task.root_fallback).replace("_", "-")
+    return {"root": root, "metadata": f"--{task.flag_prefix}-metadata"}
 
-    if not args.egoschema_root:
-        raise EvalError("--egoschema-questions needs --egoschema-root (folder of <q_uid>.mp4)")
-    answers = egoschema.load_answers(args.egoschema_answers) if args.egoschema_answers else None
-    dataset = EgoSchemaDataset(args.egoschema_root, args.egoschema_questions, num_frames=info["num_frames"],
-                               crop_size=info["crop"], norm=info["norm"], context_length=info["context_length"],
-                               backend=args.video_backend)
-    loader = zeroshot.sharded_loader(dataset, args.batch_size, args.workers)
-    return zeroshot.egoschema_task(model, loader, device, args.output_dir, answers,
-                                   f"egoschema_predictions_f{info['num_frames']}", _autocast(args, device))
+
+def run_task(args: argparse.Namespace, task: Task, model: torch.nn.Module, info: dict[str, Any],
+             device: torch.device) -> tuple[dict[str, float], int]:
+    """One task's metrics and the frames per clip it ran at."""
+    from lavila.evaluation import zeroshot
+    from lavila.evaluation.tasks import with_num_frames
+
+    frames = int(getattr(args, f"{task.flag_prefix}_clip_length", None) or args.clip_length
+                 or task.protocol_frames or info["num_frames"])
+    if frames != info["num_frames"]:
+        du.print_main(f"{task.name}: {frames} frames per clip (model's temporal embedding resized from "
+                      f"{info['num_frames']})")
+    data = DataSettings(frames, info["crop"], info["norm"], info["context_length"], args.video_chunk_length,
+                        args.video_backend)
+    prepared = task.build(task_config(args, task), data)
+    loader = zeroshot.sharded_loader(prepared.dataset, args.batch_size, args.workers)
+    ctx = EvalContext(device, _autocast(args, device), args.output_dir, args.text_batch_size)
+    return task.evaluate(with_num_frames(model, frames), prepared, loader, ctx), frames
 
 
 def default_output_dir(args: argparse.Namespace) -> str:
@@ -204,28 +161,20 @@ def default_output_dir(args: argparse.Namespace) -> str:
 
 
 def check_data(args: argparse.Namespace, tasks: list[str]) -> None:
-    """Start-up checks of the EK100 annotations and videos (:mod:`lavila.data.checks`), before the model is built."""
-    from lavila.data import checks
-
-    try:
-        if "mir" in tasks and args.mir_root:
-            checks.check_mir(args.mir_metadata, args.mir_root, args.video_chunk_length, False, "--mir-metadata",
-                             "--mir-root", sentences=args.mir_sentences)
-        if "cls" in tasks and (args.cls_root or args.mir_root):
-            checks.check_cls(args.cls_metadata, args.cls_root or args.mir_root, args.video_chunk_length,
-                             "--cls-metadata", "--cls-root" if args.cls_root else "--mir-root")
-    except checks.DataCheckError as exc:
-        raise EvalError(str(exc)) from None
+    """Start-up checks of the tasks' annotations and videos (:mod:`lavila.data.checks`), before the model is built."""
+    for name in tasks:
+        task = TASKS[name]
+        task.check(task_config(args, task), DataSettings(0, chunk_len=args.video_chunk_length), _flags(task, args))
 
 
 # ---- main -------------------------------------------------------------------------------------------------------
 
 def _table(results: dict[str, dict[str, float]]) -> str:
-    lines = ["(MIR and EgoSchema: fractions; CLS: percent)", f"{'task':<10} {'metric':<14} {'value':>10}", "-" * 36]
-    for task, metrics in results.items():
-        for key, value in metrics.items():
-            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-            lines.append(f"{task:<10} {key:<14} {shown:>10}")
+    percent = [n for n in results if TASKS[n].unit == "percent"]
+    units = f"({', '.join(percent)}: percent; other tasks: fractions)" if percent else "(fractions)"
+    lines = [units, f"{'task':<14} {'metric':<20} {'value':>10}", "-" * 46]
+    for name, metrics in results.items():
+        lines += [f"{name:<14} {key:<20} {shown:>10}" for key, shown in TASKS[name].table(metrics)]
     return "\n".join(lines)
 
 
@@ -239,14 +188,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def evaluate(argv: list[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
-    requested = set(args.tasks or [])
-    given = {"mir": args.mir_metadata, "cls": args.cls_metadata, "egoschema": args.egoschema_questions}
-    tasks = [t for t in TASKS if (t in requested if requested else given[t])]
-    missing = [t for t in tasks if not given[t]]
+    requested = [canonical_name(t) for t in args.tasks or []]
+    given = {name: getattr(args, task.metadata_key) for name, task in TASKS.items()}
+    tasks = [n for n in TASKS if (n in requested if requested else given[n])]
+    missing = [n for n in tasks if not given[n]]
     if missing or not tasks:
-        flags = {"mir": "--mir-metadata", "cls": "--cls-metadata", "egoschema": "--egoschema-questions"}
         need = missing or list(TASKS)
-        raise EvalError("nothing to evaluate: give " + " / ".join(flags[t] for t in need))
+        raise EvalError("nothing to evaluate: give " + " / ".join(f"--{TASKS[n].flag_prefix}-metadata" for n in need))
     from lavila.models import list_models
 
     if args.model and args.model not in list_models():
@@ -265,15 +213,16 @@ def evaluate(argv: list[str] | None = None) -> int:
         model.to(device)
         du.print_main(f"model {info['model']}: {info['num_frames']} frames, crop {info['crop']}, norm {info['norm']}, "
                       f"{info_dist.world_size} process(es) on {device}")
-        runners = {"mir": run_mir, "cls": run_cls, "egoschema": run_egoschema}
         results: dict[str, dict[str, float]] = {}
-        for task in tasks:
+        frames: dict[str, int] = {}
+        for name in tasks:
             tic = time.perf_counter()
-            results[task] = runners[task](args, model, info, device)
-            du.print_main(f"{task}: done in {time.perf_counter() - tic:.1f}s")
+            results[name], frames[name] = run_task(args, TASKS[name], model, info, device)
+            du.print_main(f"{name}: done in {time.perf_counter() - tic:.1f}s")
         if du.is_main_process():
             du.print_main(_table(results))
-            payload = {"checkpoint": args.resume or None, **info, "world_size": info_dist.world_size, **results}
+            payload = {"checkpoint": args.resume or None, **info, "world_size": info_dist.world_size,
+                       "task_frames": frames, **results}
             path = Path(args.output_dir) / "zeroshot_metrics.json"
             path.write_text(json.dumps(payload, indent=1))
             du.print_main(f"metrics: {path}")

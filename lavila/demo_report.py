@@ -192,8 +192,8 @@ def acceptance_target(init_map: float) -> float:
 def build_summary(init: Mapping[str, Any], final: Mapping[str, Any], chance: Mapping[str, float],
                   num_actions: int, wall_seconds: float, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``summary.json``: the headline numbers as fractions in [0, 1] (CLS numbers converted from percent)."""
-    init_mir, final_mir = init.get("mir", {}), final.get("mir", {})
-    init_cls, final_cls = init.get("cls", {}), final.get("cls", {})
+    init_mir, final_mir = init.get("ek100_mir", {}), final.get("ek100_mir", {})
+    init_cls, final_cls = init.get("ek100_cls", {}), final.get("ek100_cls", {})
     summary: dict[str, Any] = {
         "mir_avg_map_init": float(init_mir["avg_map"]),
         "mir_avg_map_final": float(final_mir["avg_map"]),

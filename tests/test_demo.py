@@ -30,8 +30,8 @@ def _fake_run(run_dir: Path, epochs: int = 3, steps_per_epoch: int = 4) -> None:
 
 
 def _fake_eval(avg_map: float, acc: float, acc1: float) -> dict:
-    return {"mir": {"avg_map": avg_map, "avg_ndcg": avg_map - 0.05, "vis_map": avg_map, "txt_map": avg_map},
-            "cls": {"acc1": acc1, "verb_acc1": 50.0, "noun_acc1": 40.0}, "egoschema": {"accuracy": acc}}
+    return {"ek100_mir": {"avg_map": avg_map, "avg_ndcg": avg_map - 0.05, "vis_map": avg_map, "txt_map": avg_map},
+            "ek100_cls": {"acc1": acc1, "verb_acc1": 50.0, "noun_acc1": 40.0}, "egoschema": {"accuracy": acc}}
 
 
 def test_read_curves_and_plots(tmp_path):

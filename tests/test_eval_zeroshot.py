@@ -165,9 +165,9 @@ def single_process_run(synthetic, tiny_checkpoint, tmp_path_factory):
 
 def test_eval_zeroshot_prints_and_saves_all_three(single_process_run, synthetic):
     metrics = json.loads((single_process_run / "zeroshot_metrics.json").read_text())
-    assert set(metrics["mir"]) == {"vis_map", "txt_map", "avg_map", "vis_ndcg", "txt_ndcg", "avg_ndcg"}
-    assert all(0 < v <= 1 for v in metrics["mir"].values())
-    assert {"acc1", "acc5", "mean_acc", "mean_acc_cm", "verb_acc1", "noun_acc1"} <= set(metrics["cls"])
+    assert set(metrics["ek100_mir"]) == {"vis_map", "txt_map", "avg_map", "vis_ndcg", "txt_ndcg", "avg_ndcg"}
+    assert all(0 < v <= 1 for v in metrics["ek100_mir"].values())
+    assert {"acc1", "acc5", "mean_acc", "mean_acc_cm", "verb_acc1", "noun_acc1"} <= set(metrics["ek100_cls"])
     assert metrics["egoschema"]["questions"] == 3 and 0 <= metrics["egoschema"]["accuracy"] <= 1
     assert metrics["num_frames"] == 2 and metrics["crop"] == 32  # from the checkpoint's stored config
     sim = np.load(single_process_run / "mir_similarity.npy")
@@ -204,7 +204,7 @@ def test_eval_zeroshot_oracle_embeddings_score_one(synthetic, tiny_checkpoint, t
     monkeypatch.setattr(script, "build_model", lambda args: (OracleCLIP(clips).eval(), {
         "model": "oracle", "num_frames": 2, "crop": 32, "norm": "openai", "context_length": 77}))
     script.main(_argv(synthetic, tmp_path, Path("unused.pt")) + ["--tasks", "mir"])
-    metrics = json.loads((tmp_path / "zeroshot_metrics.json").read_text())["mir"]
+    metrics = json.loads((tmp_path / "zeroshot_metrics.json").read_text())["ek100_mir"]
     assert metrics["vis_map"] == pytest.approx(1.0) and metrics["txt_map"] == pytest.approx(1.0)
 
 
@@ -227,7 +227,7 @@ def test_two_process_evaluation_matches_one_process(synthetic, tiny_checkpoint, 
     one = json.loads((single_process_run / "zeroshot_metrics.json").read_text())
     two = json.loads((tmp_path / "zeroshot_metrics.json").read_text())
     assert two["world_size"] == 2 and one["world_size"] == 1
-    for task in ("mir", "cls", "egoschema"):
+    for task in ("ek100_mir", "ek100_cls", "egoschema"):
         assert two[task] == pytest.approx(one[task], abs=1e-6), task
     assert json.loads((tmp_path / "egoschema_predictions_f2.json").read_text()) == json.loads(
         (single_process_run / "egoschema_predictions_f2.json").read_text())

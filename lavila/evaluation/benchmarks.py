@@ -15,7 +15,7 @@ All metrics are fractions (:mod:`lavila.evaluation.charades`, :mod:`~lavila.eval
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,7 @@ from lavila.evaluation.egtea import egtea_metrics
 from lavila.evaluation.zeroshot import class_embeddings, collect
 
 __all__ = ["LAVILA_TEMPLATES", "class_texts", "benchmark_class_embeddings", "pool_view_logits", "video_class_scores",
-           "evaluate_egtea", "evaluate_charades_ego", "evaluate_egomcq"]
+           "classifier_scores", "video_scores", "evaluate_egtea", "evaluate_charades_ego", "evaluate_egomcq"]
 
 LAVILA_TEMPLATES = ("#C C {}", "#C {}")  # LaViLa's --cls-use-template prompts; the default is the bare class text
 
@@ -46,60 +46,97 @@ def benchmark_class_embeddings(model: nn.Module, names: Sequence[str], device: t
                             autocast=autocast)
 
 
-def pool_view_logits(logits: torch.Tensor) -> torch.Tensor:
-    """(B, V, C) per-view cosines -> (B, C): max over the views, then softmax over the classes (LaViLa); a single
-    view is returned as is."""
+def pool_view_logits(logits: torch.Tensor, pooling: str = "max", softmax_single: bool = False) -> torch.Tensor:
+    """(B, V, C) per-view logits -> (B, C): ``max`` (LaViLa's zero-shot script) or ``mean`` (its fine-tuning
+    engines) over the views, then softmax over the classes; a single view is returned as is unless
+    ``softmax_single`` (LaViLa's fine-tuning validation applies the softmax there too)."""
     if logits.ndim != 3:
         raise ValueError(f"expected per-view logits (B, V, C), got shape {tuple(logits.shape)}")
-    if logits.shape[1] == 1:
+    if pooling not in ("max", "mean"):
+        raise ValueError(f"pooling must be 'max' or 'mean', got {pooling!r}")
+    if logits.shape[1] == 1 and not softmax_single:
         return logits[:, 0]
-    return torch.softmax(logits.max(dim=1).values, dim=1)
+    pooled = logits.max(dim=1).values if pooling == "max" else logits.mean(dim=1)
+    return torch.softmax(pooled, dim=1)
 
 
-def video_class_scores(model: nn.Module, frames: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """(B, C) scores of a batch of (B, 3, T, S, S) videos or (B, V, 3, T, S, S) multi-view videos."""
+def _views(frames: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """(B * V, 3, T, S, S) clips of a batch of (B, 3, T, S, S) videos or (B, V, 3, T, S, S) multi-view videos."""
     if frames.ndim == 5:
         frames = frames.unsqueeze(1)
     if frames.ndim != 6:
         raise ValueError(f"expected (B, 3, T, S, S) or (B, V, 3, T, S, S) frames, got {tuple(frames.shape)}")
     b, v = frames.shape[:2]
-    video = model.encode_video(frames.reshape(b * v, *frames.shape[2:])).float()
+    return frames.reshape(b * v, *frames.shape[2:]), b, v
+
+
+def video_class_scores(model: nn.Module, frames: torch.Tensor, classes: torch.Tensor, pooling: str = "max",
+                       softmax_single: bool = False) -> torch.Tensor:
+    """(B, C) zero-shot scores of a batch of videos: cosines with the class embeddings, pooled over the views
+    (:func:`pool_view_logits`)."""
+    clips, b, v = _views(frames)
+    video = model.encode_video(clips).float()
     logits = nn.functional.normalize(video, dim=-1) @ classes.to(video.device).float().t()
-    return pool_view_logits(logits.reshape(b, v, -1))
+    return pool_view_logits(logits.reshape(b, v, -1), pooling, softmax_single)
+
+
+def classifier_scores(model: nn.Module, frames: torch.Tensor) -> torch.Tensor:
+    """(B, C) class probabilities of a fine-tuned classifier: the logits of every view averaged, then softmax (as
+    LaViLa's classification validation)."""
+    clips, b, v = _views(frames)
+    logits = model(clips).float().reshape(b, v, -1)
+    return pool_view_logits(logits, "mean", softmax_single=True)
 
 
 def _dataset_size(loader: Iterable[Any]) -> int:
     return len(loader.dataset)  # type: ignore[attr-defined]
 
 
+def video_scores(loader: Iterable[Any], score: Callable[[torch.Tensor], torch.Tensor], num_classes: int,
+                 device: torch.device | str, autocast: Any = None, multi_label: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C) ``score(frames)`` of every video and its target (class index, or multi-hot with ``multi_label``), in
+    dataset order, from a loader of ``(frames or views, target)`` items."""
+    def step(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        target = torch.as_tensor(batch[1]).to(device)
+        return score(batch[0].to(device, non_blocking=True)), (target.float() if multi_label else target.long())
+
+    empty_target = torch.zeros(0, num_classes, device=device) if multi_label else \
+        torch.zeros(0, dtype=torch.long, device=device)
+    return collect(loader, step, _dataset_size(loader), (torch.zeros(0, num_classes, device=device), empty_target),
+                   autocast)
+
+
 @torch.no_grad()
-def evaluate_egtea(model: nn.Module, loader: Iterable[Any], classes: torch.Tensor, device: torch.device | str,
+def evaluate_egtea(model: nn.Module, loader: Iterable[Any], classes: torch.Tensor | None, device: torch.device | str,
                    autocast: Any = None) -> tuple[dict[str, float], np.ndarray]:
     """EGTEA metrics (``acc1``, ``mean_acc``, ``mean_acc_present``; fractions) and the (N, C) scores, from a loader
-    of :class:`~lavila.data.egtea.EgteaDataset` items ``(frames or views, label)``."""
-    def step(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        frames, label = batch[0], batch[1]
-        return (video_class_scores(model, frames.to(device, non_blocking=True), classes),
-                torch.as_tensor(label).to(device).long())
-
-    empty = (torch.zeros(0, classes.shape[0], device=device), torch.zeros(0, dtype=torch.long, device=device))
-    scores, targets = collect(loader, step, _dataset_size(loader), empty, autocast)
+    of :class:`~lavila.data.egtea.EgteaDataset` items ``(frames or views, label)``. ``classes``: the class
+    embeddings of a zero-shot CLIP; None for a fine-tuned classifier (:func:`classifier_scores`)."""
+    if classes is None:
+        def score(frames: torch.Tensor) -> torch.Tensor:
+            return classifier_scores(model, frames)
+        num_classes = int(model.fc_cls.out_features)
+    else:
+        def score(frames: torch.Tensor) -> torch.Tensor:
+            return video_class_scores(model, frames, classes)
+        num_classes = classes.shape[0]
+    scores, targets = video_scores(loader, score, num_classes, device, autocast)
     return egtea_metrics(scores.double().numpy(), targets.numpy()), scores.numpy()
 
 
 @torch.no_grad()
 def evaluate_charades_ego(model: nn.Module, loader: Iterable[Any], classes: torch.Tensor,
-                          device: torch.device | str, autocast: Any = None) -> tuple[dict[str, float], np.ndarray]:
+                          device: torch.device | str, autocast: Any = None, pooling: str = "max",
+                          softmax_single: bool = False) -> tuple[dict[str, float], np.ndarray]:
     """Charades-Ego metrics (``map`` as LaViLa, ``map_present``, ``classes_without_positive``) and the (N, C)
-    scores, from a loader of :class:`~lavila.data.charades_ego.CharadesEgoDataset` items ``(frames, multi-hot)``."""
-    def step(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        frames, target = batch[0], batch[1]
-        return (video_class_scores(model, frames.to(device, non_blocking=True), classes),
-                torch.as_tensor(target).to(device).float())
+    scores, from a loader of :class:`~lavila.data.charades_ego.CharadesEgoDataset` items ``(frames, multi-hot)``.
+    ``pooling`` / ``softmax_single``: see :func:`pool_view_logits` (LaViLa's fine-tuning validation: ``mean``,
+    True)."""
+    def score(frames: torch.Tensor) -> torch.Tensor:
+        return video_class_scores(model, frames, classes, pooling, softmax_single)
 
-    c = classes.shape[0]
-    empty = (torch.zeros(0, c, device=device), torch.zeros(0, c, device=device))
-    scores, targets = collect(loader, step, _dataset_size(loader), empty, autocast)
+    scores, targets = video_scores(loader, score, classes.shape[0], device, autocast, multi_label=True)
     return charades_metrics(scores.numpy(), targets.numpy()), scores.numpy()
 
 

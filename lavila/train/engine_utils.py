@@ -1,5 +1,5 @@
 """Pieces the engines share: building a model from a checkpoint, pretrained initialisation (``--pretrain-zoo``),
-the MIR evaluation data and call into :mod:`lavila.evaluation.zeroshot`."""
+a registered evaluation task's data and evaluate call (:mod:`lavila.evaluation.tasks`)."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,6 @@ import os
 from functools import lru_cache
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -16,19 +15,6 @@ from lavila.data.transforms import NormalizeVideo
 from lavila.train.loop import TrainingError, model_overrides
 from lavila.train.run_spec import NO_CHECKPOINT
 from lavila.train.run_spec import get_checkpoint as _get_checkpoint
-
-
-def video_dataset_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The decoding / transform keywords every engine passes to its ``ClipDataset`` (chunked video roots)."""
-    return {"num_frames": args.clip_length, "chunk_len": args.video_chunk_length, "crop_size": args.input_size,
-            "norm": args.norm_style, "backend": args.video_backend, "fused_resize": args.fused_decode_crop}
-
-
-def train_video_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """:func:`video_dataset_kwargs` for a training set: uint8 clips, normalised on the device by
-    :func:`video_to_device` (4x less data through the worker queues and the host-to-device copy; the workers' CPU
-    time goes to decoding)."""
-    return {**video_dataset_kwargs(args), "output": "uint8"}
 
 
 @lru_cache(maxsize=8)
@@ -43,26 +29,6 @@ def video_to_device(frames: torch.Tensor, device: torch.device, args: argparse.N
     if frames.dtype == torch.uint8:
         frames = _normalizer(args.norm_style, str(device))(frames)
     return frames
-
-
-def check_annotations(kind: str, metadata: str | None, root: str | None, args: argparse.Namespace, *,
-                      training: bool, flag: str, root_flag: str = "--root") -> None:
-    """Start-up check of an EK100 split (``kind`` ``mir`` / ``cls``; :mod:`lavila.data.checks`) before any model is
-    built or step run: a problem is one :class:`TrainingError` line naming the file, line and column. An absent
-    reference default path (an evaluation set the run then goes without) is not checked."""
-    from lavila.train.flags import absent_reference_default
-
-    if not metadata or absent_reference_default(metadata):
-        return
-    from lavila.data import checks
-
-    try:
-        if kind == "mir":
-            checks.check_mir(metadata, root, args.video_chunk_length, training, flag, root_flag)
-        else:
-            checks.check_cls(metadata, root, args.video_chunk_length, flag, root_flag)
-    except checks.DataCheckError as exc:
-        raise TrainingError(str(exc)) from None
 
 
 def check_training_items(dataset: Any, args: argparse.Namespace) -> None:
@@ -252,18 +218,65 @@ def init_pretrained(model: nn.Module, args: argparse.Namespace) -> Any:
     return report
 
 
-def mir_relevancy(dataset: Any, relevancy_path: str | None) -> np.ndarray:
-    """The evaluation relevancy (clips x sentences) of an ``EK100MIRDataset``."""
-    from lavila.data.relevancy import resolve_relevancy
+def data_settings(args: argparse.Namespace) -> Any:
+    """The engines' :class:`lavila.evaluation.tasks.DataSettings` (the model's frames, crop, normalisation)."""
+    from lavila.evaluation.tasks import DataSettings
 
-    return resolve_relevancy(dataset.clips, dataset.sentences, dataset.metadata, relevancy_path)
+    return DataSettings(args.clip_length, args.input_size, args.norm_style, args.context_length,
+                        args.video_chunk_length, args.video_backend, args.fused_decode_crop)
 
 
-def evaluate_mir(model: nn.Module, loader: DataLoader, relevancy: np.ndarray, args: argparse.Namespace,
-                 device: torch.device) -> dict[str, float]:
-    """EK100 MIR mAP / nDCG (fractions) through the evaluation package's loop (``loader``: the training loop's
-    evaluation loader, a :func:`lavila.evaluation.zeroshot.sharded_loader`)."""
-    from lavila.evaluation import zeroshot
+def _given(*paths: str | None) -> bool:
+    from lavila.train.flags import absent_reference_default
 
-    metrics, _ = zeroshot.evaluate_mir(model, loader, relevancy, None, device)
-    return metrics
+    return all(p and not absent_reference_default(p) for p in paths)
+
+
+def check_task_data(task: Any, config: dict[str, Any], args: argparse.Namespace, flags: dict[str, str],
+                    training: bool) -> None:
+    """Start-up check of a task's training (``config["train_metadata"]``) or evaluation set before any model is
+    built or step run: a problem is one :class:`TrainingError` line naming the file, line and column. An absent
+    reference default path (an evaluation set the run then goes without) is not checked."""
+    from lavila.evaluation.tasks import TaskConfigError
+
+    if not _given(config.get("train_metadata" if training else "metadata")):
+        return
+    try:
+        (task.check_train if training else task.check)(config, data_settings(args), flags)
+    except TaskConfigError as exc:
+        raise TrainingError(str(exc)) from None
+
+
+def build_validation(task: Any, args: argparse.Namespace, root: str | None, metadata: str | None,
+                     flags: dict[str, str], checked: bool = False, config: dict[str, Any] | None = None) -> Any:
+    """A registered task's evaluation data (:class:`lavila.evaluation.tasks.Prepared`) on ``root`` / ``metadata``,
+    checked first unless ``checked`` (:func:`check_task_data`); None without them or when they are the reference's
+    absent default paths. ``config``: task settings the engine fixed itself (they win over the flags)."""
+    if not _given(root, metadata):
+        return None
+    task_config = {**task.config(args, root, metadata), **(config or {})}
+    if not checked:
+        check_task_data(task, task_config, args, flags, training=False)
+    return task.build(task_config, data_settings(args))
+
+
+def training_set(task: Any, config: dict[str, Any], args: argparse.Namespace, what: str,
+                 checked: bool = False) -> Any:
+    """A registered task's fine-tuning set on ``--train-metadata`` (None with ``--evaluate``), checked first unless
+    ``checked``."""
+    if args.evaluate:
+        return None
+    if not args.train_metadata:
+        raise TrainingError(f"{what} needs --train-metadata ({task.train_help})")
+    if not checked:
+        check_task_data(task, config, args, {"root": "--root", "train_metadata": "--train-metadata"}, training=True)
+    return task.build_train(config, data_settings(args), args.skip_policy)
+
+
+def evaluate_task(task: Any, prepared: Any, model: nn.Module, loader: DataLoader, args: argparse.Namespace,
+                  device: torch.device, finetuned: bool) -> dict[str, float]:
+    """A registered task's metrics through its evaluate function (``loader``: the training loop's evaluation
+    loader, a :func:`lavila.evaluation.zeroshot.sharded_loader`; autocast is the loop's)."""
+    from lavila.evaluation.tasks import EvalContext
+
+    return task.evaluate(model, prepared, loader, EvalContext(device, None, args.output_dir, finetuned=finetuned))

@@ -17,11 +17,12 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from lavila.data.annotations import AnnotationError
     from lavila.data.loader import SampleSkippedError
     from lavila.data.video import VideoDecodeError
+    from lavila.evaluation.tasks import TaskConfigError
     from lavila.utils.checkpoint import CheckpointError
     from lavila.utils.distributed import RendezvousTimeoutError
 
     return (TrainingError, CheckpointError, ConfigError, AnnotationError, FileNotFoundError, NotADirectoryError,
-            RendezvousTimeoutError, SampleSkippedError, VideoDecodeError)
+            RendezvousTimeoutError, SampleSkippedError, VideoDecodeError, TaskConfigError)
 
 
 def last_line(exc: BaseException) -> str:

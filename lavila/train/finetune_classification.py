@@ -1,14 +1,20 @@
-"""EK100 action-classification fine-tuning engine (reference ``main_lavila_finetune_cls.py``).
+"""Action-classification fine-tuning engine (reference ``main_lavila_finetune_cls.py``): ``--dataset ek100_cls``
+(default) or ``egtea``, the classification tasks of :mod:`lavila.evaluation.tasks`, which build the training and
+validation sets and evaluate.
 
 A ``VideoClassifier`` (dropout ``--dropout-rate`` + ``fc_cls``) over the visual tower of ``--pretrain-model``;
-actions are the ``verb:noun`` pairs of the train + validation CSVs sorted as strings (3806 on EK100). Mixup/CutMix
+EK100 actions are the ``verb:noun`` pairs of the train + validation CSVs sorted as strings (3806 on EK100), kept in
+``<output-dir>/actions.json``; EGTEA's 106 classes come from ``action_idx.txt``. EGTEA validation reads
+``--num-clips`` windows x ``--num-crops`` crops per clip at ``--clip-stride`` (LaViLa: 10 x 3 at stride 2 for the
+final numbers) and averages their logits. Mixup/CutMix
 over H x W (``--cutmix-variant reference``: the reference's T x H cut) with label smoothing; SGD or AdamW; ``lr``,
-``lr-start``, ``lr-end`` scaled by global batch / 128 as in the reference. Evaluation
+``lr-start``, ``lr-end`` scaled by global batch / 128 as in the reference. EK100 evaluation
 (:func:`lavila.evaluation.classification.ek100_cls_metrics`, percent): ``acc1``, ``acc5``,
 ``mean_acc`` (over the classes present in the targets), ``mean_acc_cm`` (the reference's confusion-matrix variant),
 and ``verb_``/``noun_`` ``acc1`` / ``acc5`` / ``mean_acc`` from the action probabilities marginalised over the
-vocabulary. Logged as ``test_<key>``; the tracked ("best", ``checkpoint_best.pt``) metric is the action top-1
-``acc1``, as the reference's ``best_acc1``. Training steps log ``acc1`` of the un-mixed labels (``train_acc1``).
+vocabulary; the tracked ("best", ``checkpoint_best.pt``) metric is the action top-1 ``acc1``, as the reference's
+``best_acc1``. EGTEA (fractions): ``acc1``, ``mean_acc`` (tracked, LaViLa's), ``mean_acc_present``. Logged as
+``test_<key>``. Training steps log ``acc1`` of the un-mixed labels (``train_acc1``, percent).
 """
 from __future__ import annotations
 
@@ -21,22 +27,22 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from lavila.evaluation.tasks import add_options, get_task, task_names
 from lavila.train.engine_utils import (
     add_pretrain_model_args,
-    check_annotations,
+    build_validation,
+    check_task_data,
+    evaluate_task,
     load_weights,
     overrides_for,
     starting_checkpoint,
-    train_video_kwargs,
-    video_dataset_kwargs,
+    training_set,
     video_to_device,
 )
-from lavila.train.flags import absent_reference_default, add_reference_switches
+from lavila.train.flags import add_reference_switches
 from lavila.train.loop import Engine, TrainingError
 from lavila.train.losses import ClassificationLoss
 from lavila.train.mixup import VideoMixup
-
-ACTIONS_FILE = "actions.json"
 
 
 class ClassificationEngine(Engine):
@@ -49,13 +55,15 @@ class ClassificationEngine(Engine):
 
     def add_args(self, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("classification fine-tuning")
-        g.add_argument("--dataset", default="ek100_cls", choices=["ek100_cls"], help="training data")
+        g.add_argument("--dataset", default="ek100_cls", choices=task_names("classification"),
+                       help="training and evaluation data (default: ek100_cls)")
         add_pretrain_model_args(g, "pretrained CLIP or classifier")
-        g.add_argument("--actions", default=None,
-                       help="action vocabulary JSON (default: built from --train-metadata + --val-metadata)")
-        g.add_argument("--num-classes", type=int, default=None, help="must match the vocabulary (3806 on EK100)")
-        g.add_argument("--num-crops", type=int, default=1, help="accepted; no effect (one crop, as the reference)")
-        g.add_argument("--num-clips", type=int, default=1, help="accepted; no effect (one clip, as the reference)")
+        g.add_argument("--num-classes", type=int, default=None,
+                       help="must match the classes (3806 on EK100, 106 on EGTEA)")
+        g.add_argument("--num-crops", type=int, default=1,
+                       help="EGTEA evaluation: square crops per window, 1 or 3 (EK100: no effect, as the reference)")
+        g.add_argument("--num-clips", type=int, default=1,
+                       help="EGTEA evaluation: windows per clip (EK100: no effect, as the reference)")
         g.add_argument("--dropout-rate", type=float, default=0.5, help="dropout before the classifier")
         g.add_argument("--mixup", type=float, default=0.8, help="mixup alpha (0: off)")
         g.add_argument("--cutmix", type=float, default=1.0, help="CutMix alpha (0: off)")
@@ -67,23 +75,31 @@ class ClassificationEngine(Engine):
         g.add_argument("--mixup-mode", default="batch", choices=["batch"], help="one mix per batch")
         g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
         g.add_argument("--no-lr-scaling", action="store_true", help="do not scale the lrs by global batch / 128")
-        g.add_argument("--pickle-filename", default="", help="save logits, probabilities and targets here (.npz)")
+        g.add_argument("--pickle-filename", default="", help="save probabilities and targets here (.npz)")
         add_reference_switches(parser, self.name)
+        for name in task_names("classification"):
+            add_options(parser.add_argument_group(f"{name} options (see eval_zeroshot.py)"), get_task(name).options)
 
     def lr_values(self, args: argparse.Namespace, world_size: int) -> tuple[float, float, float]:
         scale = 1.0 if args.no_lr_scaling else args.batch_size * world_size / 128.0
         return args.lr * scale, args.lr_start * scale, args.lr_end * scale
 
     def prepare_args(self, args: argparse.Namespace, info: Any) -> None:
-        # the CSVs are checked before the vocabulary is read from them
+        self.task = get_task(args.dataset)
+        self.metric, self.metric_unit = self.task.metric, self.task.unit
+        self.flags = {"root": "--root", "metadata": "--val-metadata", "train_metadata": "--train-metadata"}
+        config = {**self.task.config(args, args.root, args.val_metadata), "train_metadata": args.train_metadata,
+                  **{key: getattr(args, dest) for dest, key in self.task.finetune_flags}}
+        # the sets are checked before the classes are read from them
         if not args.evaluate:
-            check_annotations("cls", args.train_metadata, args.root, args, training=True, flag="--train-metadata")
-        check_annotations("cls", args.val_metadata, args.root, args, training=False, flag="--val-metadata")
-        self.vocab = self._vocabulary(args)
-        if args.num_classes is not None and args.num_classes != len(self.vocab):
-            raise TrainingError(f"--num-classes {args.num_classes} does not match the {len(self.vocab)} actions of "
-                                "the vocabulary (train + validation CSVs or --actions)")
-        self.num_classes = len(self.vocab)
+            check_task_data(self.task, config, args, self.flags, training=True)
+        check_task_data(self.task, config, args, self.flags, training=False)
+        self.config = self.task.keep_classes(config, args.output_dir)
+        self.classes = self.task.classes(self.config)
+        if args.num_classes is not None and args.num_classes != len(self.classes):
+            raise TrainingError(f"--num-classes {args.num_classes} does not match the {len(self.classes)} classes of "
+                                f"{self.task.name}")
+        self.num_classes = len(self.classes)
         self.mixup = None
         if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
             self.mixup = VideoMixup(args.mixup, args.cutmix, args.cutmix_minmax, args.mixup_prob,
@@ -92,41 +108,13 @@ class ClassificationEngine(Engine):
             if not self.mixup.active:
                 self.mixup = None
 
-    def _vocabulary(self, args: argparse.Namespace):
-        from lavila.data.ek100 import ActionVocabulary
-
-        saved = Path(args.output_dir) / ACTIONS_FILE
-        if args.actions:
-            vocab = ActionVocabulary.load(args.actions)
-        elif saved.is_file():
-            vocab = ActionVocabulary.load(saved)
-        else:
-            csvs = [p for p in (args.train_metadata, args.val_metadata) if p and not absent_reference_default(p)]
-            if not csvs:
-                raise TrainingError("classification needs the action vocabulary: pass --train-metadata and "
-                                    "--val-metadata (or --actions FILE.json)")
-            vocab = ActionVocabulary.from_csvs(csvs)
-        from lavila.utils.distributed import is_main_process
-
-        if is_main_process():
-            vocab.save(saved)
-        return vocab
-
     def build_datasets(self, args: argparse.Namespace):
-        from lavila.data.ek100 import EK100CLSDataset
-
         if not args.root:
-            raise TrainingError("classification fine-tuning needs --root (EK100 video chunks)")
-        common = video_dataset_kwargs(args)
-        train = None
-        if not args.evaluate:
-            if not args.train_metadata:
-                raise TrainingError("classification fine-tuning needs --train-metadata (EPIC_100_train.csv)")
-            train = EK100CLSDataset(args.root, args.train_metadata, self.vocab, is_training=True,
-                                    on_error=args.skip_policy, **train_video_kwargs(args))
-        val = EK100CLSDataset(args.root, args.val_metadata, self.vocab, is_training=False, **common) \
-            if args.val_metadata and not absent_reference_default(args.val_metadata) else None
-        return train, val
+            raise TrainingError(f"classification fine-tuning needs --root (the {self.task.name} videos)")
+        train = training_set(self.task, self.config, args, "classification fine-tuning", checked=True)
+        self.validation = build_validation(self.task, args, args.root, args.val_metadata, self.flags, checked=True,
+                                           config=self.config)
+        return train, self.validation.dataset if self.validation is not None else None
 
     def build_model(self, args: argparse.Namespace) -> nn.Module:
         from lavila.models import VideoClassifier, create_model
@@ -161,26 +149,18 @@ class ClassificationEngine(Engine):
             acc1 = 100.0 * (logits.argmax(-1) == labels).float().mean()
         return {"loss": loss, "acc1": acc1}
 
+    def flags_in_use(self, args: argparse.Namespace) -> set[str]:
+        return {dest for dest, _ in get_task(args.dataset).finetune_flags}
+
     def checkpoint_extra(self, args: argparse.Namespace) -> dict[str, Any]:
-        return {"actions": list(self.vocab.actions)}
+        return {"actions" if self.task.name == "ek100_cls" else "classes": list(self.classes)}
 
     def evaluate(self, model: nn.Module, loader: DataLoader, args: argparse.Namespace,
                  device: torch.device) -> dict[str, float]:
-        from lavila.evaluation.classification import ek100_cls_metrics
-        from lavila.evaluation.zeroshot import collect
-
-        def step(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-            return model(batch[0].to(device, non_blocking=True)).float(), batch[1].to(device).long()
-
-        empty = (torch.zeros(0, self.num_classes, device=device), torch.zeros(0, dtype=torch.long, device=device))
-        logits, targets = collect(loader, step, len(loader.dataset), empty)
-        probs = logits.softmax(-1)
-        metrics = ek100_cls_metrics(probs.double().numpy(), targets.numpy(), self.vocab.act2verb,
-                                    self.vocab.act2noun)
+        metrics = evaluate_task(self.task, self.validation, model, loader, args, device, finetuned=True)
         if args.pickle_filename:
             from lavila.utils.distributed import is_main_process
 
             if is_main_process():
-                np.savez(Path(args.output_dir) / args.pickle_filename, logits=logits.numpy(), probs=probs.numpy(),
-                         targets=targets.numpy())
+                np.savez(Path(args.output_dir) / args.pickle_filename, **self.validation.outputs)
         return metrics

@@ -129,6 +129,10 @@ class Engine:
         """Extra plain-data entries to store in checkpoints."""
         return {}
 
+    def flags_in_use(self, args: argparse.Namespace) -> set[str]:
+        """Flags of ``flags.NO_EFFECT`` that this run does use (e.g. EGTEA's --num-clips)."""
+        return set()
+
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -284,7 +288,8 @@ def _run(engine: Engine, args: argparse.Namespace, info: du.DistInfo, log: Any, 
     errors, notes = check_reference_paths(args, engine.name)
     if errors:
         raise TrainingError("; ".join(errors))
-    notes += no_effect_notes(args, vars(build_parser(engine).parse_args([])))
+    defaults = vars(build_parser(engine).parse_args([]))
+    notes += no_effect_notes(args, {**defaults, **{k: getattr(args, k) for k in engine.flags_in_use(args)}})
     out_dir = _describe_run(engine, args, explicit or set(), log)
     if info.rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)

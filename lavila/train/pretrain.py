@@ -1,9 +1,13 @@
 """Ego4D video-text pretraining engine (reference ``main_lavila_pretrain.py``): CLIP InfoNCE over the global batch,
-zero-shot EK100 MIR evaluation when ``--val-metadata`` and ``--root-val`` are given (EgoSchema with
-``--evaluate-task egoschema``), both through :mod:`lavila.evaluation.zeroshot`.
+zero-shot evaluation every ``--eval-freq`` epochs on any registered task (:mod:`lavila.evaluation.tasks`:
+``--dataset-val ek100_mir`` (default), ``ek100_cls``, ``egtea``, ``charades_ego``, ``ego4d_mcq``, ``egoschema``) when
+``--val-metadata`` and ``--root-val`` are given; the task's options keep their ``eval_zeroshot.py`` flags
+(``--relevancy-path``, ``--cls-vocab-csvs``, ``--egomcq-similarity``, ...). Validation runs at the model's frame
+count (``--clip-length``).
 
-Tracked ("best") metric: ``avg_map`` for EK100 MIR (fraction), ``accuracy`` for EgoSchema (fraction; only with
-``--egoschema-answers``)."""
+Tracked ("best", ``checkpoint_best.pt``) metric: the task's (``avg_map`` for EK100 MIR, ``acc1`` for EK100 CLS
+(percent), ``mean_acc`` for EGTEA, ``map`` for Charades-Ego, ``intra_video`` for EgoMCQ, ``accuracy`` for EgoSchema
+with ``--egoschema-answers``; fractions unless said)."""
 from __future__ import annotations
 
 import argparse
@@ -13,19 +17,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from lavila.evaluation.tasks import TASKS, add_options, canonical_name, get_task, task_names
 from lavila.train.engine_utils import (
-    check_annotations,
+    build_validation,
     check_training_items,
-    evaluate_mir,
+    data_settings,
+    evaluate_task,
     get_checkpoint,
     init_pretrained,
-    mir_relevancy,
     overrides_for,
-    train_video_kwargs,
-    video_dataset_kwargs,
     video_to_device,
 )
-from lavila.train.flags import absent_reference_default, add_reference_switches
+from lavila.train.flags import add_reference_switches
 from lavila.train.loop import Engine, TrainingError
 from lavila.train.losses import ClipLoss
 
@@ -39,12 +42,10 @@ class PretrainEngine(Engine):
     def add_args(self, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("pretraining")
         g.add_argument("--dataset", default="ego4d", choices=["ego4d"], help="training data")
-        g.add_argument("--dataset-val", default="ek100_mir", choices=["ek100_mir", "egoschema"],
-                       help="zero-shot evaluation task")
+        g.add_argument("--dataset-val", default="ek100_mir", choices=task_names(aliases=True),
+                       help="zero-shot evaluation task, on --val-metadata / --root-val (default: ek100_mir)")
         g.add_argument("--root-val", default=None, help="video root of the evaluation set")
         g.add_argument("--train-metadata-aux", nargs="+", default=[], help="extra Ego4D metadata pickles")
-        g.add_argument("--relevancy-path", default=None, help="EK100 MIR relevancy pickle (default: beside the CSV)")
-        g.add_argument("--egoschema-answers", default=None, help="answers JSON to score EgoSchema locally")
         g.add_argument("--pretrain-clip-path", default=None,
                        help="CLIP ViT-B/16 weights (open_clip state_dict or OpenAI .pt) for the text tower with "
                             "--pretrain-zoo deit (DeiT/Vim visual init), as upstream")
@@ -58,18 +59,19 @@ class PretrainEngine(Engine):
                        help="gradients through the gathered embeddings of every process (default)")
         g.add_argument("--no-gather-with-grad", dest="gather_with_grad", action="store_false",
                        help="gradients through this process's embeddings only")
-        g.add_argument("--evaluate-task", default=None, choices=["ek100_mir", "egoschema"],
+        g.add_argument("--evaluate-task", default=None, choices=task_names(aliases=True),
                        help="task of --evaluate (default: --dataset-val)")
         parser.set_defaults(freeze_temperature=True, gather_with_grad=True)
+        add_options(parser.add_argument_group("evaluation task options (see eval_zeroshot.py)"),
+                    [o for task in TASKS.values() for o in task.options])
         add_reference_switches(parser, self.name)
 
     def prepare_args(self, args: argparse.Namespace, info: Any) -> None:
-        if args.evaluate_task and args.evaluate_task != args.dataset_val:
-            args.dataset_val = args.evaluate_task
-        self.metric = "avg_map" if args.dataset_val == "ek100_mir" else "accuracy"
+        args.dataset_val = canonical_name(args.evaluate_task or args.dataset_val)
+        self.task = get_task(args.dataset_val)
+        self.metric, self.metric_unit = self.task.metric, self.task.unit
 
     def build_datasets(self, args: argparse.Namespace):
-        common = video_dataset_kwargs(args)
         train = None
         if not args.evaluate:
             from lavila.data.ego4d import Ego4DPretrainDataset
@@ -78,29 +80,14 @@ class PretrainEngine(Engine):
                 raise TrainingError("pretraining needs --root (Ego4D video chunks) and --train-metadata (.pkl)")
             train = Ego4DPretrainDataset(args.root, args.train_metadata, args.train_metadata_aux, is_training=True,
                                          context_length=args.context_length, on_error=args.skip_policy,
-                                         **train_video_kwargs(args))
+                                         output="uint8", **data_settings(args).clip_kwargs())
             check_training_items(train, args)
-        val = None
-        if args.val_metadata and args.root_val and not (absent_reference_default(args.val_metadata)
-                                                        or absent_reference_default(args.root_val)):
-            if args.dataset_val == "ek100_mir":
-                from lavila.data.ek100 import EK100MIRDataset
-
-                check_annotations("mir", args.val_metadata, args.root_val, args, training=False,
-                                  flag="--val-metadata", root_flag="--root-val")
-
-                val = EK100MIRDataset(args.root_val, args.val_metadata, is_training=False,
-                                      context_length=args.context_length, **common)
-                self.relevancy = mir_relevancy(val, args.relevancy_path)
-            else:
-                from lavila.data.egoschema import EgoSchemaDataset
-
-                val = EgoSchemaDataset(args.root_val, args.val_metadata, num_frames=args.clip_length,
-                                       crop_size=args.input_size, norm=args.norm_style, backend=args.video_backend,
-                                       context_length=args.context_length, fused_resize=args.fused_decode_crop)
-        elif args.evaluate:
+        self.task = get_task(args.evaluate_task or args.dataset_val)
+        self.validation = build_validation(self.task, args, args.root_val, args.val_metadata,
+                                           {"root": "--root-val", "metadata": "--val-metadata"})
+        if self.validation is None and args.evaluate:
             raise TrainingError("--evaluate needs --val-metadata and --root-val")
-        return train, val
+        return train, self.validation.dataset if self.validation is not None else None
 
     def build_model(self, args: argparse.Namespace) -> nn.Module:
         from lavila.models import create_model
@@ -124,9 +111,4 @@ class PretrainEngine(Engine):
 
     def evaluate(self, model: nn.Module, loader: DataLoader, args: argparse.Namespace,
                  device: torch.device) -> dict[str, float]:
-        if args.dataset_val == "ek100_mir":
-            return evaluate_mir(model, loader, self.relevancy, args, device)
-        from lavila.evaluation import egoschema, zeroshot
-
-        answers = egoschema.load_answers(args.egoschema_answers) if args.egoschema_answers else None
-        return zeroshot.egoschema_task(model, loader, device, args.output_dir, answers)
+        return evaluate_task(self.task, self.validation, model, loader, args, device, finetuned=False)
