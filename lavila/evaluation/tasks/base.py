@@ -107,7 +107,7 @@ def with_num_frames(model: nn.Module, num_frames: int) -> nn.Module:
     if int(getattr(model, "num_frames", num_frames)) == num_frames:
         return model
     from lavila.models import create_model
-    from lavila.models.convert import load_released_state_dict
+    from lavila.models.released import load_released_state_dict
     from lavila.models.registry import OVERRIDES
 
     config = dict(getattr(model, "config", None) or {})
