@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 import torch
@@ -16,6 +16,16 @@ TINY_MODEL = ["--model", "CLIP_TimeSformerB16", "--model-overrides", "embed_dim=
 
 TINY_OVERRIDES = {"embed_dim": 32, "depth": 1, "num_heads": 2, "text_width": 32, "text_layers": 1, "text_heads": 2,
                   "project_embed_dim": 16, "img_size": 32, "num_frames": 2}
+
+
+def load_script(name: str = "eval_zeroshot") -> Any:
+    """A top-level entry script (``<repo>/<name>.py``) as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_pretrained_checkpoint(tmp_path_factory: pytest.TempPathFactory, freeze_temperature: bool = True) -> Path:

@@ -2,19 +2,18 @@
 datasets read them, and a model whose video and text embeddings agree scores 1.0 on each benchmark (plumbing)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 
 import numpy as np
 import pytest
 import torch
+from agreeing_model import AgreeingModel, frames_key
 from torch import nn
 
 from lavila.data.charades_ego import CharadesEgoClipDataset, CharadesEgoDataset, load_classes, load_videos
 from lavila.data.egomcq import EgoMCQDataset, load_questions
 from lavila.data.egtea import EgteaDataset, load_action_classes, load_split, window_starts
-from lavila.data.tokenizer import tokenize
 from lavila.evaluation import benchmarks, zeroshot
 
 FRAMES, CROP = 4, 32
@@ -141,43 +140,6 @@ def test_egomcq_structure_errors(tmp_path):
 
 # ---- plumbing: embeddings that agree score 1.0 ------------------------------------------------------------------
 
-def _key(frames: torch.Tensor) -> str:
-    return hashlib.sha1(frames.contiguous().numpy().tobytes()).hexdigest()
-
-
-class AgreeingModel(nn.Module):
-    """Texts embed as one-hot of their text; a video as the (normalised) sum of the one-hots of the texts it shows,
-    looked up by a hash of its frames. ``norms`` scales the un-normalised video embedding (``visual``)."""
-
-    def __init__(self, texts: list[str]) -> None:
-        super().__init__()
-        self.texts = sorted(set(texts))
-        self.by_tokens = {tuple(tokenize(t).tolist()): i for i, t in enumerate(self.texts)}
-        self.videos: dict[str, torch.Tensor] = {}
-        self.norms: dict[str, float] = {}
-        self.config = {"project_embed_dim": len(self.texts), "context_length": 77}
-
-    def show(self, frames: torch.Tensor, texts: list[str], norm: float = 1.0) -> None:
-        v = torch.zeros(len(self.texts))
-        for t in texts:
-            v[self.texts.index(t)] = 1
-        self.videos[_key(frames)] = v
-        self.norms[_key(frames)] = norm
-
-    def visual(self, frames: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.videos[_key(f)] * self.norms[_key(f)] for f in frames])
-
-    def textual(self, tokens: torch.Tensor) -> torch.Tensor:
-        ids = torch.tensor([self.by_tokens[tuple(t.tolist())] for t in tokens])
-        return nn.functional.one_hot(ids, len(self.texts)).float()
-
-    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
-        return nn.functional.normalize(self.visual(frames), dim=-1)
-
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        return nn.functional.normalize(self.textual(tokens), dim=-1)
-
-
 def test_agreeing_model_scores_one_on_egtea_with_views(data):
     out, manifest = data
     ds = _egtea(out, manifest, num_clips=2, num_crops=3)
@@ -215,7 +177,7 @@ def test_agreeing_model_scores_one_on_egomcq(data, similarity):
     for index, (_, clips, answer, _) in enumerate(ds):
         for j, clip in enumerate(clips):
             model.show(clip, [ds.questions[index]["choices"][str(j)]["clip_text"]], norm=1.0 + j)
-        answer_keys.append(_key(clips[answer]))
+        answer_keys.append(frames_key(clips[answer]))
     metrics, scores = benchmarks.evaluate_egomcq(model, zeroshot.sharded_loader(ds, 3), "cpu", similarity)
     assert metrics["accuracy"] == 1.0 and metrics["inter_video"] == 1.0 and metrics["intra_video"] == 1.0
     answers = np.array(ds.answers)

@@ -4,7 +4,6 @@ stripped) and a classifier told apart by :mod:`lavila.utils.checkpoint`, its arc
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from lavila.models import VideoClassifier, create_model
 from lavila.models.checkpoint_spec import checkpoint_frames, checkpoint_model_spec, checkpoint_norm_style
 from lavila.utils.checkpoint import classifier_classes, is_classifier_state_dict, save_checkpoint, unwrap_state_dict
 
-REPO = Path(__file__).resolve().parents[1]
 NAME = "CLIP_TimeSformerB16"
 
 
@@ -82,9 +80,9 @@ def test_zoo_engine_and_eval_agree_on_a_wrapped_classifier(wrapped_classifier, t
     tuned = engine.build_model(args)
     assert torch.equal(tuned.fc_cls.weight, model.fc_cls.weight)  # loaded as a classifier, not a fresh head
 
-    spec = importlib.util.spec_from_file_location("eval_zeroshot", REPO / "eval_zeroshot.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from engine_helpers import load_script
+
+    script = load_script("eval_zeroshot")
     eval_args = script.build_parser().parse_args(["--resume", str(path), "--model-overrides",
                                                   "embed_dim=32", "depth=1", "num_heads=2", "project_embed_dim=16",
                                                   "img_size=32"])

@@ -2,7 +2,6 @@
 on generated data, and 2-process (gloo) evaluation giving the same numbers as one process."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -13,22 +12,19 @@ import pandas as pd
 import pytest
 import torch
 import torch.multiprocessing as mp
+from engine_helpers import load_script
 from torch import nn
 
 from lavila.data.relevancy import build_relevancy, parse_class_list
 from lavila.data.tokenizer import tokenize
 from lavila.evaluation import zeroshot
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["embed_dim=32", "depth=1", "num_heads=2", "text_width=32", "text_layers=1", "text_heads=2", "img_size=32",
         "project_embed_dim=16", "num_frames=2"]
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("eval_zeroshot", REPO / "eval_zeroshot.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("eval_zeroshot")
 
 
 def _free_port() -> int:
