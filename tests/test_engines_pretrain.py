@@ -177,8 +177,8 @@ _TINY_VIT = {"embed_dim": 64, "depth": 1, "num_heads": 2, "img_size": 32, "text_
 @pytest.fixture(scope="module")
 def deit_and_clip_files(tmp_path_factory):
     import open_clip
-    import timm
 
+    timm = pytest.importorskip("timm", reason="timm (the dev extra) builds the DeiT model these tests convert")
     torch.manual_seed(0)
     deit = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=16, embed_dim=64, depth=1,
                                                             num_heads=2, num_classes=10)

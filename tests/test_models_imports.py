@@ -1,10 +1,13 @@
-"""Importing and building every model on CPU pulls in no CUDA-only package."""
+"""Building and running every model on CPU (and tokenising) imports no CUDA-only package, nor timm / open_clip."""
 from __future__ import annotations
 
 import subprocess
 import sys
 
+import pytest
+
 FORBIDDEN = ("flash_attn", "mamba_ssm", "causal_conv1d", "triton", "selective_scan_cuda", "causal_conv1d_cuda")
+HEAVY = {"timm", "open_clip", "torchvision"}
 
 SCRIPT = f"""
 import sys
@@ -18,16 +21,29 @@ for name in ["CLIP_TimeSformerB16", "CLIP_TimeMamba_like_frozen", "CLIP_VITT16",
     model = create_model(name, **tiny)
     with torch.no_grad():
         model(torch.randn(1, 3, 2, 32, 32), torch.randint(0, 50, (1, 8)))
+from lavila.data.tokenizer import tokenize
+tokenize(["take plate", "wash cup"])
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in {FORBIDDEN!r})
 print("LOADED:", loaded)
+print("HEAVY:", sorted({{m.split(".")[0] for m in sys.modules}} & {HEAVY!r}))
 sys.exit(1 if loaded else 0)
 """
 
 
-def test_no_cuda_only_imports_when_importing_building_and_running():
+@pytest.fixture(scope="module")
+def build_and_run_output() -> str:
     result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "LOADED: []" in result.stdout
+    return result.stdout
+
+
+def test_no_cuda_only_imports_when_importing_building_and_running(build_and_run_output):
+    assert "LOADED: []" in build_and_run_output
+
+
+def test_models_and_tokenizer_stay_light(build_and_run_output):
+    """timm / open_clip / torchvision imports cost seconds per process (layers.py and tokenizer.py docstrings)."""
+    assert "HEAVY: []" in build_and_run_output
 
 
 def test_public_api():

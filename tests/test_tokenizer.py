@@ -8,7 +8,9 @@ import torch
 from lavila.data.tokenizer import EOT_TOKEN, SOT_TOKEN, get_tokenizer, tokenize
 
 SAMPLES = ["take plate", "put down plate", "#C C opens the fridge", "wash hands!!", "cut onion into 2 pieces",
-           "Pick-Up the KNIFE", "it's   the chef's  café &amp;amp; crème brûlée", "", "12345 ÄÖÜ 日本語"]
+           "Pick-Up the KNIFE", "it's   the chef's  café &amp;amp; crème brûlée", "", "12345 ÄÖÜ 日本語",
+           "<start_of_text> x <end_of_text>", "😀 emoji 🍳 pan"]
+OPEN_CLIP_ABSENT = "open_clip_torch is not installed: nothing to compare the ids with"
 
 
 def test_shapes_single_and_list():
@@ -31,16 +33,24 @@ def test_truncation_forces_eot_last():
     assert ids[0] == SOT_TOKEN and ids[-1] == EOT_TOKEN and (ids != 0).all()
 
 
+def test_literal_special_tokens_are_the_special_ids():
+    """open_clip's BPE cache holds the special tokens, so a literal "<end_of_text>" in a text is EOT; so here."""
+    assert tokenize("<start_of_text> x <end_of_text>")[:5].tolist() == [SOT_TOKEN, SOT_TOKEN, 343, EOT_TOKEN,
+                                                                        EOT_TOKEN]
+
+
 def test_matches_open_clip_reference():
-    open_clip = pytest.importorskip("open_clip")
+    open_clip = pytest.importorskip("open_clip", reason=OPEN_CLIP_ABSENT)
     texts = SAMPLES + ["word " * 200]
     assert torch.equal(tokenize(texts), open_clip.tokenize(texts))
 
 
 def test_matches_open_clip_on_real_ek100_narrations(ek100_annotations):
-    open_clip = pytest.importorskip("open_clip")
+    """Every narration of the MIR sentence file (lavila/data/tokenizer.py's docstring has the full comparison)."""
+    open_clip = pytest.importorskip("open_clip", reason=OPEN_CLIP_ABSENT)
     df = pd.read_csv(ek100_annotations / "retrieval_annotations" / "EPIC_100_retrieval_test_sentence.csv")
-    texts = df["narration"].astype(str).tolist()[:1500]
+    texts = df["narration"].astype(str).tolist()
+    assert len(texts) > 1000
     assert torch.equal(tokenize(texts), open_clip.tokenize(texts))
 
 
