@@ -226,7 +226,8 @@ def data_settings(args: argparse.Namespace) -> Any:
                         args.video_chunk_length, args.video_backend, args.fused_decode_crop)
 
 
-def _given(*paths: str | None) -> bool:
+def given(*paths: str | None) -> bool:
+    """Every path is set and none is one of the reference's default paths that does not exist here."""
     from lavila.train.flags import absent_reference_default
 
     return all(p and not absent_reference_default(p) for p in paths)
@@ -239,7 +240,7 @@ def check_task_data(task: Any, config: dict[str, Any], args: argparse.Namespace,
     reference default path (an evaluation set the run then goes without) is not checked."""
     from lavila.evaluation.tasks import TaskConfigError
 
-    if not _given(config.get("train_metadata" if training else "metadata")):
+    if not given(config.get("train_metadata" if training else "metadata")):
         return
     try:
         (task.check_train if training else task.check)(config, data_settings(args), flags)
@@ -252,7 +253,7 @@ def build_validation(task: Any, args: argparse.Namespace, root: str | None, meta
     """A registered task's evaluation data (:class:`lavila.evaluation.tasks.Prepared`) on ``root`` / ``metadata``,
     checked first unless ``checked`` (:func:`check_task_data`); None without them or when they are the reference's
     absent default paths. ``config``: task settings the engine fixed itself (they win over the flags)."""
-    if not _given(root, metadata):
+    if not given(root, metadata):
         return None
     task_config = {**task.config(args, root, metadata), **(config or {})}
     if not checked:

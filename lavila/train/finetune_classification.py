@@ -33,6 +33,7 @@ from lavila.train.engine_utils import (
     build_validation,
     check_task_data,
     evaluate_task,
+    given,
     load_weights,
     overrides_for,
     starting_checkpoint,
@@ -88,7 +89,9 @@ class ClassificationEngine(Engine):
         self.task = get_task(args.dataset)
         self.metric, self.metric_unit = self.task.metric, self.task.unit
         self.flags = {"root": "--root", "metadata": "--val-metadata", "train_metadata": "--train-metadata"}
-        config = {**self.task.config(args, args.root, args.val_metadata), "train_metadata": args.train_metadata,
+        # an absent reference default evaluation CSV: the run goes without evaluation (and without its classes)
+        val_metadata = args.val_metadata if given(args.val_metadata) else None
+        config = {**self.task.config(args, args.root, val_metadata), "train_metadata": args.train_metadata,
                   **{key: getattr(args, dest) for dest, key in self.task.finetune_flags}}
         # the sets are checked before the classes are read from them
         if not args.evaluate:
