@@ -190,7 +190,7 @@ def evaluate_zeroshot_cls(model: nn.Module, loader: Iterable[Any], classes: torc
 
     empty = (torch.zeros(0, classes.shape[1], device=device), torch.zeros(0, dtype=torch.long, device=device))
     video, targets = collect(loader, step, len(loader.dataset), empty, autocast)  # type: ignore[attr-defined]
-    scores = video @ classes.float().t()
+    scores = video @ classes.to(video.device).float().t()  # collect gathers on the CPU, wherever the model ran
     probs = torch.softmax(scores * _logit_scale(model), dim=1)
     metrics = ek100_cls_metrics(probs.double().numpy(), targets.numpy(), act2verb, act2noun, num_verbs, num_nouns)
     # Action top-k / mean accuracy from the raw cosines (LaViLa's zero-shot protocol) equal those of the softmax.

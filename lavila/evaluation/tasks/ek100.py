@@ -151,7 +151,7 @@ class EK100CLS(Task):
                 prepared.extra["texts"] = self.class_texts(prepared)
             classes = zeroshot.class_embeddings(model, prepared.extra["texts"], ctx.device, ctx.text_batch_size,
                                                 prepared.data.context_length, ctx.autocast)
-            metrics, scores = zeroshot.evaluate_zeroshot_cls(model, loader, classes.to(ctx.device), vocab.act2verb,
+            metrics, scores = zeroshot.evaluate_zeroshot_cls(model, loader, classes, vocab.act2verb,
                                                              vocab.act2noun, ctx.device, ctx.autocast)
             prepared.outputs = {"scores": scores}
             return metrics
