@@ -14,10 +14,24 @@ from typing import Any
 
 import yaml
 
-# step-record key that identifies the engine -> (loss name, tracked metric, its unit)
+# step-record key that identifies the engine -> (loss name, tracked metric, its unit); the metric of the run's
+# evaluation task (config.yaml: ``dataset`` of a fine-tuning run, ``dataset_val`` of pretraining) wins
 ENGINES = (("max_margin_loss", "max-margin ranking loss", "avg_map", "fraction"),
            ("clip_acc", "contrastive (InfoNCE) loss", "avg_map", "fraction"),
            ("acc1", "cross-entropy loss (mixup targets, label smoothing)", "acc1", "percent"))
+
+
+def tracked_metric(config: dict[str, Any]) -> tuple[str, str] | None:
+    """(metric, unit) of the registered evaluation task a run's ``config.yaml`` names, if any."""
+    from lavila.evaluation.tasks import TaskConfigError, get_task
+
+    for key in ("dataset", "dataset_val"):
+        try:
+            task = get_task(str(config.get(key)))
+        except TaskConfigError:
+            continue
+        return task.metric, task.unit
+    return None
 
 
 def read_run(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -34,12 +48,10 @@ def read_run(run_dir: str | os.PathLike) -> dict[str, Any]:
         if steps and key in steps[0]:
             loss_name, metric, unit = name, tracked, tracked_unit
             break
-    evals = [r for r in records if r.get("type") in ("epoch", "eval") and f"test_{metric}" in r]
-    if not evals and any("test_accuracy" in r for r in records):  # pretraining evaluated on EgoSchema
-        metric, unit = "accuracy", "fraction"
-        evals = [r for r in records if "test_accuracy" in r]
     config_path = run_dir / "config.yaml"
     config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    metric, unit = tracked_metric(config or {}) or (metric, unit)
+    evals = [r for r in records if r.get("type") in ("epoch", "eval") and f"test_{metric}" in r]
     label = f"{run_dir.name} ({config.get('model', '?')})" if config else run_dir.name
     return {"label": label, "loss_name": loss_name, "metric": metric, "unit": unit,
             "step": [r["step"] for r in steps], "loss": [r["loss"] for r in steps],

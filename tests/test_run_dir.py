@@ -10,6 +10,7 @@ import signal
 import time
 
 import pytest
+import yaml
 from test_train_loop import _argv, _ToyEngine
 
 from lavila.train.loop import CHECKPOINT, TrainingError, build_parser, main, run
@@ -204,6 +205,24 @@ def test_plot_draws_loss_lr_and_metric_labelled_by_the_real_loss(tmp_path):
     assert cls["loss_name"].startswith("cross-entropy") and cls["metric"] == "acc1" and cls["unit"] == "percent"
     assert plot.main([str(tmp_path / "mir"), str(tmp_path / "cls"), "--out", str(tmp_path / "plots")]) == 0
     assert all((tmp_path / "plots" / f"{n}.png").stat().st_size > 1000 for n in ("loss", "lr", "metric"))
+
+
+@pytest.mark.parametrize("config, metric, unit", [
+    ({"dataset": "ego4d", "dataset_val": "egtea"}, "mean_acc", "fraction"),
+    ({"dataset": "ego4d", "dataset_val": "egomcq"}, "intra_video", "fraction"),
+    ({"dataset": "egtea"}, "mean_acc", "fraction"),
+    ({"dataset": "charades_ego"}, "map", "fraction")])
+def test_plot_follows_the_runs_evaluation_task(tmp_path, config, metric, unit):
+    """A run validated on EGTEA / EgoMCQ / Charades-Ego plots that task's tracked metric (not avg_map / accuracy)."""
+    from lavila import plot
+
+    logger = MetricLogger(tmp_path, tensorboard=False)
+    logger.log_step(1, {"loss": 1.0, "clip_acc": 0.5, "lr": 1e-3}, epoch=0)
+    for epoch in (0, 1):
+        logger.log_epoch(epoch, {"test_accuracy": 0.9, "test_acc1": 0.8, f"test_{metric}": 0.1 + 0.2 * epoch})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"model": "m", **config}))
+    run = plot.read_run(tmp_path)
+    assert (run["metric"], run["unit"], run["value"]) == (metric, unit, pytest.approx([0.1, 0.3]))
 
 
 def test_unreadable_evaluation_sample_does_not_blame_the_skip_policy(tmp_path, capsys):
