@@ -107,8 +107,8 @@ def with_num_frames(model: nn.Module, num_frames: int) -> nn.Module:
     if int(getattr(model, "num_frames", num_frames)) == num_frames:
         return model
     from lavila.models import create_model
-    from lavila.models.released import load_released_state_dict
     from lavila.models.registry import OVERRIDES
+    from lavila.models.released import load_released_state_dict
 
     config = dict(getattr(model, "config", None) or {})
     if "name" not in config:
