@@ -1,4 +1,4 @@
-"""EK100 action classification fine-tuning.
+"""Action classification fine-tuning: EK100 (`--dataset ek100_cls`, default) or EGTEA Gaze+ (`--dataset egtea`).
 
 Runs the same under `torchrun --nproc_per_node N`, `srun` (Slurm variables) or plain `python` on one CPU/GPU.
 Flags keep the reference engines' names; `--config FILE.yaml` supplies defaults, `--help` lists everything.

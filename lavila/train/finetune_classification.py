@@ -48,7 +48,7 @@ from lavila.train.mixup import VideoMixup
 
 class ClassificationEngine(Engine):
     name = "finetune_classification"
-    description = "EK100 action classification fine-tuning"
+    description = "action classification fine-tuning (EK100, EGTEA)"
     metric = "acc1"
     metric_unit = "percent"
     defaults = {"clip_length": 16, "epochs": 100, "warmup_epochs": 2, "batch_size": 32, "lr": 3e-3, "wd": 0.05,
@@ -88,7 +88,8 @@ class ClassificationEngine(Engine):
     def prepare_args(self, args: argparse.Namespace, info: Any) -> None:
         self.task = get_task(args.dataset)
         self.metric, self.metric_unit = self.task.metric, self.task.unit
-        self.flags = {"root": "--root", "metadata": "--val-metadata", "train_metadata": "--train-metadata"}
+        self.flags = {"root": "--root", "metadata": "--val-metadata", "train_metadata": "--train-metadata",
+                      **{key: "--" + dest.replace("_", "-") for dest, key in self.task.finetune_flags}}
         # an absent reference default evaluation CSV: the run goes without evaluation (and without its classes)
         val_metadata = args.val_metadata if given(args.val_metadata) else None
         config = {**self.task.config(args, args.root, val_metadata), "train_metadata": args.train_metadata,

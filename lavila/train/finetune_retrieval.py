@@ -82,7 +82,7 @@ class RetrievalEngine(Engine):
     def build_model(self, args: argparse.Namespace) -> nn.Module:
         from lavila.models import create_model
 
-        ckpt = starting_checkpoint(args, "MIR fine-tuning")
+        ckpt = starting_checkpoint(args, f"{args.dataset} fine-tuning")
         name, overrides = overrides_for(args, ckpt)
         # the max-margin loss never uses the temperature: a trainable one (a --no-freeze-temperature pretraining
         # checkpoint) would be a parameter without gradient, which DDP refuses (as the reference engine, frozen)

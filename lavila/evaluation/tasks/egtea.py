@@ -9,7 +9,15 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from lavila.data.egtea import ZEROSHOT_PROTOCOL as _PROTOCOL
-from lavila.evaluation.tasks.base import DataSettings, EvalContext, Option, Prepared, Task, is_dual_encoder
+from lavila.evaluation.tasks.base import (
+    DataSettings,
+    EvalContext,
+    Option,
+    Prepared,
+    Task,
+    TaskConfigError,
+    is_dual_encoder,
+)
 
 
 class Egtea(Task):
@@ -34,6 +42,25 @@ class Egtea(Task):
     # LaViLa's fine-tuning flags: --num-clips windows x --num-crops crops at --clip-stride
     finetune_flags = (("num_clips", "egtea_num_clips"), ("num_crops", "egtea_num_crops"),
                       ("clip_stride", "egtea_stride"))
+
+    def check(self, config: Mapping[str, Any], data: DataSettings, flags: Mapping[str, str]) -> None:
+        """The views and stride at start-up (a bad --num-crops would otherwise end the first evaluation, after a
+        training epoch, as an unreadable video). ``flags`` may name the option keys (the engine's --num-crops)."""
+        self._check_sampling(config, flags, ("egtea_num_clips", "egtea_num_crops", "egtea_stride"))
+
+    def check_train(self, config: Mapping[str, Any], data: DataSettings, flags: Mapping[str, str]) -> None:
+        self._check_sampling(config, flags, ("egtea_stride",))
+
+    @staticmethod
+    def _check_sampling(config: Mapping[str, Any], flags: Mapping[str, str], keys: tuple[str, ...]) -> None:
+        for key in keys:
+            value, flag = config.get(key), flags.get(key, "--" + key.replace("_", "-"))
+            if value is None:
+                continue
+            if key == "egtea_num_crops" and value not in (1, 3):
+                raise TaskConfigError(f"{flag} must be 1 or 3 (square crops per window), got {value}")
+            if int(value) < 1:
+                raise TaskConfigError(f"{flag} must be at least 1, got {value}")
 
     def _dataset(self, config: Mapping[str, Any], data: DataSettings, split: str, training: bool,
                  on_error: str | None = None) -> Any:
