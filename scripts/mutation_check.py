@@ -85,8 +85,9 @@ MUTATIONS = (
              ("tests/test_engines_pretrain_zoo.py",)),
     # the evaluation tasks (issue 18): views of a batch kept per video, EgoMCQ's type ids named right
     Mutation("task-views-mixed", "multi-view scores pooled over the wrong videos' views",
-             "lavila/evaluation/benchmarks.py", r"logits\.reshape\(b, v, -1\), pooling, softmax_single\)",
-             "logits.reshape(v, b, -1).transpose(0, 1), pooling, softmax_single)",
+             "lavila/evaluation/benchmarks.py",
+             r"for j in range\(frames\.shape\[1\]\)\], dim=1\)",
+             "for j in range(frames.shape[1])], dim=0).reshape(frames.shape[0], frames.shape[1], -1)",
              ("tests/test_eval_tasks.py", "tests/test_benchmarks_synthetic.py")),
     Mutation("egomcq-types-swapped", "EgoMCQ type 1 reported as intra-video (LaViLa's printed names)",
              "lavila/evaluation/egomcq.py", r'TYPE_NAMES = \{1: "inter_video", 2: "intra_video"\}',

@@ -27,8 +27,9 @@ from lavila.evaluation.egomcq import egomcq_accuracy
 from lavila.evaluation.egtea import egtea_metrics
 from lavila.evaluation.zeroshot import class_embeddings, collect
 
-__all__ = ["LAVILA_TEMPLATES", "class_texts", "benchmark_class_embeddings", "pool_view_logits", "video_class_scores",
-           "classifier_scores", "video_scores", "evaluate_egtea", "evaluate_charades_ego", "evaluate_egomcq"]
+__all__ = ["LAVILA_TEMPLATES", "class_texts", "benchmark_class_embeddings", "pool_view_logits", "each_view",
+           "video_class_scores", "classifier_scores", "video_scores", "evaluate_egtea", "evaluate_charades_ego",
+           "evaluate_egomcq"]
 
 LAVILA_TEMPLATES = ("#C C {}", "#C {}")  # LaViLa's --cls-use-template prompts; the default is the bare class text
 
@@ -60,36 +61,31 @@ def pool_view_logits(logits: torch.Tensor, pooling: str = "max", softmax_single:
     return torch.softmax(pooled, dim=1)
 
 
-def _views(frames: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    """(B * V, 3, T, S, S) clips of a batch of (B, 3, T, S, S) videos or (B, V, 3, T, S, S) multi-view videos."""
+def each_view(frames: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """(B, V, C) outputs of ``forward`` on every view of a batch of (B, 3, T, S, S) videos or (B, V, 3, T, S, S)
+    multi-view videos, one view of every video per call (B clips at a time, as LaViLa: the memory of one view)."""
     if frames.ndim == 5:
         frames = frames.unsqueeze(1)
     if frames.ndim != 6:
         raise ValueError(f"expected (B, 3, T, S, S) or (B, V, 3, T, S, S) frames, got {tuple(frames.shape)}")
-    b, v = frames.shape[:2]
-    return frames.reshape(b * v, *frames.shape[2:]), b, v
+    return torch.stack([forward(frames[:, j]) for j in range(frames.shape[1])], dim=1)
 
 
 def video_class_scores(model: nn.Module, frames: torch.Tensor, classes: torch.Tensor, pooling: str = "max",
                        softmax_single: bool = False) -> torch.Tensor:
     """(B, C) zero-shot scores of a batch of videos: cosines with the class embeddings, pooled over the views
     (:func:`pool_view_logits`)."""
-    clips, b, v = _views(frames)
-    video = model.encode_video(clips).float()
-    logits = nn.functional.normalize(video, dim=-1) @ classes.to(video.device).float().t()
-    return pool_view_logits(logits.reshape(b, v, -1), pooling, softmax_single)
+    def cosines(clips: torch.Tensor) -> torch.Tensor:
+        video = model.encode_video(clips).float()
+        return nn.functional.normalize(video, dim=-1) @ classes.to(video.device).float().t()
+
+    return pool_view_logits(each_view(frames, cosines), pooling, softmax_single)
 
 
 def classifier_scores(model: nn.Module, frames: torch.Tensor) -> torch.Tensor:
     """(B, C) class probabilities of a fine-tuned classifier: the logits of every view averaged, then softmax (as
     LaViLa's classification validation)."""
-    clips, b, v = _views(frames)
-    logits = model(clips).float().reshape(b, v, -1)
-    return pool_view_logits(logits, "mean", softmax_single=True)
-
-
-def _dataset_size(loader: Iterable[Any]) -> int:
-    return len(loader.dataset)  # type: ignore[attr-defined]
+    return pool_view_logits(each_view(frames, lambda clips: model(clips).float()), "mean", softmax_single=True)
 
 
 def video_scores(loader: Iterable[Any], score: Callable[[torch.Tensor], torch.Tensor], num_classes: int,
@@ -103,8 +99,8 @@ def video_scores(loader: Iterable[Any], score: Callable[[torch.Tensor], torch.Te
 
     empty_target = torch.zeros(0, num_classes, device=device) if multi_label else \
         torch.zeros(0, dtype=torch.long, device=device)
-    return collect(loader, step, _dataset_size(loader), (torch.zeros(0, num_classes, device=device), empty_target),
-                   autocast)
+    size = len(loader.dataset)  # type: ignore[attr-defined]
+    return collect(loader, step, size, (torch.zeros(0, num_classes, device=device), empty_target), autocast)
 
 
 @torch.no_grad()

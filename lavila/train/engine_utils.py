@@ -218,6 +218,15 @@ def init_pretrained(model: nn.Module, args: argparse.Namespace) -> Any:
     return report
 
 
+def add_finetune_task_options(parser: argparse.ArgumentParser, kind: str) -> None:
+    """The options of every task a fine-tuning engine (``kind``) trains on, under their eval_zeroshot.py flags."""
+    from lavila.evaluation.tasks import add_options, get_task, task_names
+
+    for name in task_names(kind):
+        add_options(parser.add_argument_group(f"{name} options (see eval_zeroshot.py)"),
+                    get_task(name).finetune_options())
+
+
 def data_settings(args: argparse.Namespace) -> Any:
     """The engines' :class:`lavila.evaluation.tasks.DataSettings` (the model's frames, crop, normalisation)."""
     from lavila.evaluation.tasks import DataSettings

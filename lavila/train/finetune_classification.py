@@ -5,8 +5,9 @@ validation sets and evaluate.
 A ``VideoClassifier`` (dropout ``--dropout-rate`` + ``fc_cls``) over the visual tower of ``--pretrain-model``;
 EK100 actions are the ``verb:noun`` pairs of the train + validation CSVs sorted as strings (3806 on EK100), kept in
 ``<output-dir>/actions.json``; EGTEA's 106 classes come from ``action_idx.txt``. EGTEA validation reads
-``--num-clips`` windows x ``--num-crops`` crops per clip at ``--clip-stride`` (LaViLa: 10 x 3 at stride 2 for the
-final numbers) and averages their logits. Mixup/CutMix
+``--num-clips`` windows per clip at ``--clip-stride`` (LaViLa: 10 at stride 2 for the final numbers) and averages
+their logits; LaViLa's ``--num-crops 3`` takes its crops from the centre crop, i.e. three times the centre crop, so
+one centre crop is taken here (the same average). Mixup/CutMix
 over H x W (``--cutmix-variant reference``: the reference's T x H cut) with label smoothing; SGD or AdamW; ``lr``,
 ``lr-start``, ``lr-end`` scaled by global batch / 128 as in the reference. EK100 evaluation
 (:func:`lavila.evaluation.classification.ek100_cls_metrics`, percent): ``acc1``, ``acc5``,
@@ -27,8 +28,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lavila.evaluation.tasks import add_options, get_task, task_names
+from lavila.evaluation.tasks import get_task, task_names
 from lavila.train.engine_utils import (
+    add_finetune_task_options,
     add_pretrain_model_args,
     build_validation,
     check_task_data,
@@ -62,7 +64,8 @@ class ClassificationEngine(Engine):
         g.add_argument("--num-classes", type=int, default=None,
                        help="must match the classes (3806 on EK100, 106 on EGTEA)")
         g.add_argument("--num-crops", type=int, default=1,
-                       help="EGTEA evaluation: square crops per window, 1 or 3 (EK100: no effect, as the reference)")
+                       help="accepted; no effect (one centre crop: the reference's EGTEA crops are all the centre "
+                            "crop, its EK100 datasets ignore the flag)")
         g.add_argument("--num-clips", type=int, default=1,
                        help="EGTEA evaluation: windows per clip (EK100: no effect, as the reference)")
         g.add_argument("--dropout-rate", type=float, default=0.5, help="dropout before the classifier")
@@ -78,8 +81,7 @@ class ClassificationEngine(Engine):
         g.add_argument("--no-lr-scaling", action="store_true", help="do not scale the lrs by global batch / 128")
         g.add_argument("--pickle-filename", default="", help="save probabilities and targets here (.npz)")
         add_reference_switches(parser, self.name)
-        for name in task_names("classification"):
-            add_options(parser.add_argument_group(f"{name} options (see eval_zeroshot.py)"), get_task(name).options)
+        add_finetune_task_options(parser, "classification")
 
     def lr_values(self, args: argparse.Namespace, world_size: int) -> tuple[float, float, float]:
         scale = 1.0 if args.no_lr_scaling else args.batch_size * world_size / 128.0
@@ -93,7 +95,7 @@ class ClassificationEngine(Engine):
         # an absent reference default evaluation CSV: the run goes without evaluation (and without its classes)
         val_metadata = args.val_metadata if given(args.val_metadata) else None
         config = {**self.task.config(args, args.root, val_metadata), "train_metadata": args.train_metadata,
-                  **{key: getattr(args, dest) for dest, key in self.task.finetune_flags}}
+                  **self.task.finetune_settings(args)}
         # the sets are checked before the classes are read from them
         if not args.evaluate:
             check_task_data(self.task, config, args, self.flags, training=True)

@@ -20,8 +20,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lavila.evaluation.tasks import add_options, get_task, task_names
+from lavila.evaluation.tasks import get_task, task_names
 from lavila.train.engine_utils import (
+    add_finetune_task_options,
     add_pretrain_model_args,
     build_validation,
     evaluate_task,
@@ -61,8 +62,7 @@ class RetrievalEngine(Engine):
                        help="InfoNCE (charades_ego): gradients through this process's embeddings only")
         parser.set_defaults(gather_with_grad=True)
         add_reference_switches(parser, self.name)
-        for name in task_names("retrieval"):
-            add_options(parser.add_argument_group(f"{name} options (see eval_zeroshot.py)"), get_task(name).options)
+        add_finetune_task_options(parser, "retrieval")
 
     def prepare_args(self, args: argparse.Namespace, info: Any) -> None:
         self.task = get_task(args.dataset)

@@ -261,7 +261,8 @@ NO_EFFECT = {
                                "them (the reference only reuses workers for speed)",
     "clip_stride": "clips are sampled as clip-length segment midpoints over the annotated span; the reference "
                    "never reads --clip-stride either",
-    "num_crops": "evaluation uses one centre crop (the reference's datasets ignore --num-crops too)",
+    "num_crops": "evaluation uses one centre crop (the reference's EK100 datasets ignore --num-crops too; its EGTEA "
+                 "fine-tuning takes the crops from the centre crop, so they are all that one)",
     "num_clips": "evaluation uses one clip per segment (the reference's datasets ignore --num-clips too)",
 }
 

@@ -140,6 +140,7 @@ class Task:
     train_help: str = ""  # what --train-metadata is when fine-tuning on it
     train_loss: str = "max_margin"  # retrieval fine-tuning loss: "max_margin" (EK100 MIR) or "infonce"
     finetune_flags: tuple[tuple[str, str], ...] = ()  # (engine flag dest, option key): engine flags it reads
+    finetune_config: tuple[tuple[str, Any], ...] = ()  # (option key, value) fixed when fine-tuning
 
     # ---- flags ---------------------------------------------------------------------------------------------------
     @property
@@ -188,6 +189,15 @@ class Task:
         return [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in metrics.items()]
 
     # ---- fine-tuning ---------------------------------------------------------------------------------------------
+    def finetune_options(self) -> list[Option]:
+        """The options a fine-tuning engine adds: those its own flags or :attr:`finetune_config` do not set."""
+        fixed = {key for _, key in self.finetune_flags} | {key for key, _ in self.finetune_config}
+        return [o for o in self.options if o.key not in fixed]
+
+    def finetune_settings(self, args: argparse.Namespace) -> dict[str, Any]:
+        """Config values a fine-tuning run takes from the engine's flags and :attr:`finetune_config`."""
+        return {**{key: getattr(args, dest) for dest, key in self.finetune_flags}, **dict(self.finetune_config)}
+
     def check_train(self, config: Mapping[str, Any], data: DataSettings, flags: Mapping[str, str]) -> None:
         """Start-up checks of the fine-tuning set (``config["train_metadata"]``). Default: none beyond reading it."""
 

@@ -39,9 +39,10 @@ class Egtea(Task):
     protocol_frames = _PROTOCOL["num_frames"]
     finetune = "classification"
     train_help = "train_split1.txt"
-    # LaViLa's fine-tuning flags: --num-clips windows x --num-crops crops at --clip-stride
-    finetune_flags = (("num_clips", "egtea_num_clips"), ("num_crops", "egtea_num_crops"),
-                      ("clip_stride", "egtea_stride"))
+    # LaViLa's fine-tuning: --num-clips windows at --clip-stride; its validation transform centre-crops before
+    # taking --num-crops spatial crops, so every crop is the centre crop: one crop (--num-crops has no effect)
+    finetune_flags = (("num_clips", "egtea_num_clips"), ("clip_stride", "egtea_stride"))
+    finetune_config = (("egtea_num_crops", 1),)
 
     def check(self, config: Mapping[str, Any], data: DataSettings, flags: Mapping[str, str]) -> None:
         """The views and stride at start-up (a bad --num-crops would otherwise end the first evaluation, after a
