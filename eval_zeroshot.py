@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from lavila.config import ArgumentParser, config_yaml, parse_args
-from lavila.evaluation.tasks import TASKS, DataSettings, EvalContext, Task, canonical_name, task_names
+from lavila.evaluation.tasks import TASKS, DataSettings, EvalContext, Task, canonical_name, task_names, with_num_frames
 from lavila.utils import distributed as du
 
 
@@ -137,7 +137,6 @@ def run_task(args: argparse.Namespace, task: Task, model: torch.nn.Module, info:
              device: torch.device) -> tuple[dict[str, float], int]:
     """One task's metrics and the frames per clip it ran at."""
     from lavila.evaluation import zeroshot
-    from lavila.evaluation.tasks import with_num_frames
 
     frames = int(getattr(args, f"{task.flag_prefix}_clip_length", None) or args.clip_length
                  or task.protocol_frames or info["num_frames"])

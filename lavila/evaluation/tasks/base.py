@@ -168,12 +168,6 @@ class Task:
         return {"root": root, "metadata": metadata, **{o.key: getattr(args, o.key, o.default) for o in self.options}}
 
     # ---- data and evaluation -------------------------------------------------------------------------------------
-    def require(self, config: Mapping[str, Any], key: str, flag: str) -> Any:
-        value = config.get(key)
-        if not value:
-            raise TaskConfigError(f"{self.name} needs {flag}")
-        return value
-
     def check(self, config: Mapping[str, Any], data: DataSettings, flags: Mapping[str, str]) -> None:
         """Start-up checks of the annotations and videos before any model is built (``flags``: the entry script's
         names of ``root`` / ``metadata`` for the messages). Default: none beyond what :meth:`build` reads."""
