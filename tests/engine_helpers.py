@@ -52,6 +52,19 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def benchmark_data(tmp_path_factory: pytest.TempPathFactory, name: str, **sizes: Any) -> tuple[Path, dict]:
+    """A small generated dataset with every benchmark (EK100, EgoSchema, EGTEA, Charades-Ego, EgoMCQ on Ego4D) in
+    its real layout: ``(root, manifest)``; ``sizes`` override the counts (keywords of ``synthetic.generate``)."""
+    from lavila.data.synthetic import generate
+
+    out = tmp_path_factory.mktemp(name)
+    settings = {"seed": 5, "ego4d_videos": 2, "ek100_train_videos": 1, "ek100_test_videos": 1,
+                "egoschema_questions": 0, "video_sec": 16.0, "height": 32, "width": 48, "num_verbs": 2,
+                "num_nouns": 3, "action_min_sec": 1.0, "action_max_sec": 2.0, "egtea_clips": 4,
+                "charades_test_videos": 4, "charades_train_videos": 1, "egomcq_questions": 4}
+    return out, generate(out, **{**settings, **sizes})
+
+
 def paths(root: Path) -> dict[str, str]:
     ann = root / "ek100" / "epic-kitchens-100-annotations"
     ret = ann / "retrieval_annotations"

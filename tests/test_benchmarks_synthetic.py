@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from agreeing_model import AgreeingModel, frames_key
+from engine_helpers import benchmark_data
 from torch import nn
 
 from lavila.data.charades_ego import CharadesEgoClipDataset, CharadesEgoDataset, load_classes, load_videos
@@ -21,14 +22,7 @@ FRAMES, CROP = 4, 32
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from lavila.data.synthetic import generate
-
-    out = tmp_path_factory.mktemp("bench_data")
-    manifest = generate(out, seed=5, ego4d_videos=2, ek100_train_videos=1, ek100_test_videos=1,
-                        egoschema_questions=0, video_sec=16.0, height=32, width=48, num_verbs=2, num_nouns=3,
-                        action_min_sec=1.0, action_max_sec=2.0, egtea_clips=4, charades_test_videos=4,
-                        charades_train_videos=1, egomcq_questions=4)
-    return out, manifest
+    return benchmark_data(tmp_path_factory, "bench_data")
 
 
 def _egtea(out, manifest, **kw):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from engine_helpers import TINY_MODEL, tiny_pretrained_checkpoint
+from engine_helpers import TINY_MODEL, benchmark_data, tiny_pretrained_checkpoint
 
 from lavila.evaluation.benchmarks import benchmark_class_embeddings, evaluate_charades_ego
 from lavila.evaluation.zeroshot import sharded_loader
@@ -24,16 +24,10 @@ EVAL_FLAGS = ["--input-size", "32", "--clip-length", "2", "--workers", "0", "--d
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from lavila.data.synthetic import generate
-
-    out = tmp_path_factory.mktemp("ft_bench_data")
     # EGTEA: 12 clips, 6 in each split; Charades-Ego: 4 test videos (every class has a positive), 3 train videos
     # (6 trimmed clips)
-    manifest = generate(out, seed=5, ego4d_videos=1, ek100_train_videos=1, ek100_test_videos=1,
-                        egoschema_questions=0, video_sec=8.0, height=32, width=48, num_verbs=2, num_nouns=3,
-                        action_min_sec=1.0, action_max_sec=2.0, egtea_clips=12, charades_test_videos=4,
-                        charades_train_videos=3, egomcq_questions=0)
-    return out, manifest
+    return benchmark_data(tmp_path_factory, "ft_bench_data", ego4d_videos=1, video_sec=8.0, egtea_clips=12,
+                          charades_train_videos=3, egomcq_questions=0)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 from agreeing_model import AgreeingModel
-from engine_helpers import load_script, tiny_pretrained_checkpoint
+from engine_helpers import benchmark_data, load_script, tiny_pretrained_checkpoint
 
 from lavila.config import parse_args
 from lavila.data.egoschema import option_prompts
@@ -34,14 +34,7 @@ def test_registry_names_aliases_and_metrics():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from lavila.data.synthetic import generate
-
-    out = tmp_path_factory.mktemp("tasks_data")
-    manifest = generate(out, seed=5, ego4d_videos=2, ek100_train_videos=1, ek100_test_videos=1, egoschema_questions=3,
-                        video_sec=16.0, height=32, width=48, num_verbs=2, num_nouns=3, action_min_sec=1.0,
-                        action_max_sec=2.0, egtea_clips=4, charades_test_videos=4, charades_train_videos=1,
-                        egomcq_questions=4)
-    return out, manifest
+    return benchmark_data(tmp_path_factory, "tasks_data", egoschema_questions=3)
 
 
 def _argv(data, out_dir, *extra: str) -> list[str]:

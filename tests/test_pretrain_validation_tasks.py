@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from engine_helpers import TINY_MODEL
+from engine_helpers import TINY_MODEL, benchmark_data
 
 from lavila.train.loop import parse_engine_args, run
 from lavila.train.pretrain import PretrainEngine
@@ -27,14 +27,8 @@ TRAIN = ("--batch-size", "4", "--fix-lr", "--lr", "5e-3", "--eval-freq", "1")
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from lavila.data.synthetic import generate
-
-    out = tmp_path_factory.mktemp("pretrain_val_data")
-    manifest = generate(out, seed=5, ego4d_videos=2, ek100_train_videos=1, ek100_test_videos=1, egoschema_questions=2,
-                        video_sec=16.0, height=32, width=48, num_verbs=2, num_nouns=3, action_min_sec=1.0,
-                        action_max_sec=2.0, egtea_clips=4, charades_test_videos=3, charades_train_videos=0,
-                        egomcq_questions=4)
-    return out, manifest
+    return benchmark_data(tmp_path_factory, "pretrain_val_data", egoschema_questions=2, charades_test_videos=3,
+                          charades_train_videos=0)
 
 
 def _val(data, task: str, answers: bool = True) -> list[str]:
